@@ -1,0 +1,40 @@
+"""The resource set for this environment: addresses from AGENTFLOW_* settings, secrets through EnvVar."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dagster as dg
+
+from agentflow_dagster.settings import Settings
+from resources.kafka import KafkaResource
+from resources.object_store import ObjectStoreResource
+from resources.postgres import PostgresResource
+from resources.redis import RedisResource
+
+
+def _secret(name: str) -> Any:
+    """An EnvVar when the variable is set (never rendered in the UI), else empty."""
+    return dg.EnvVar(name) if os.environ.get(name) else ""
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    """Resources keyed by the names ops, assets and sensors ask for."""
+    data = settings.data_path
+    return {
+        "postgres": PostgresResource(
+            url=settings.postgres_url or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/agentflow"
+        ),
+        "redis": RedisResource(url=settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"),
+        "kafka": KafkaResource(
+            bootstrap_servers=settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.kafka_port}"
+        ),
+        "object_store": ObjectStoreResource(
+            local_dir=str(data / "objects"),
+            endpoint=settings.s3_endpoint or "",
+            access_key=_secret("AGENTFLOW_S3_ACCESS_KEY"),
+            secret_key=_secret("AGENTFLOW_S3_SECRET_KEY"),
+            secure=settings.s3_secure,
+        ),
+    }

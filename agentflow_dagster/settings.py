@@ -1,0 +1,54 @@
+"""Settings read from the environment (prefix AGENTFLOW_, standard names where they exist)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the platform; the embedded default is what `agentflow up` starts."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTFLOW_", extra="ignore")
+
+    data_dir: Path = Path(".agentflow")
+    # External services: when set, `agentflow up` uses them instead of starting its own.
+    postgres_url: str | None = None
+    redis_url: str | None = None
+    kafka_bootstrap_servers: str | None = None
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = False
+    opensearch_url: str | None = None
+
+    # Ports for the embedded stack (0 = the defaults below).
+    postgres_port: int = 55432
+    redis_port: int = 56379
+    kafka_port: int = 59092
+    webserver_port: int = 3000
+    metrics_port: int = 9464
+
+    kafka_partitions: int = 4
+    max_event_bytes: int = 256 * 1024
+    inline_input_limit: int = 8 * 1024
+
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AGENTFLOW_OPENAI_BASE_URL")
+    )
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "AGENTFLOW_OPENAI_API_KEY")
+    )
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (tests build their own `Settings`)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Dagster ConfigurableResources wrapping the platform's servers."""

@@ -1,0 +1,49 @@
+"""Postgres (warm state): definitions, execution history, task outputs, audit log, LLM calls."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dagster as dg
+import sqlalchemy as sa
+from pydantic import PrivateAttr
+
+from agentflow_dagster.db import make_engine, migrate
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """A SQLAlchemy engine (psycopg2 dialect) over the app schema, migrated on first use."""
+
+    url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    pool_size: int = 2
+
+    _engine: sa.Engine | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._engine = make_engine(self.url, pool_size=self.pool_size, max_overflow=2)
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        if self._engine is None:
+            self._engine = make_engine(self.url, pool_size=self.pool_size, max_overflow=2)
+        return self._engine
+
+    def migrate(self) -> None:
+        migrate(self.url)
+
+    def audit(self, actor: str, action: str, plan_id: str | None = None, subject: str = "", **detail: Any) -> None:
+        """Append one audit-log entry."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO audit_log (plan_id, actor, action, subject, detail) "
+                    "VALUES (:p, :a, :act, :s, CAST(:d AS jsonb))"
+                ),
+                {"p": plan_id, "a": actor, "act": action, "s": subject, "d": json.dumps(detail, default=str)},
+            )
