@@ -1,0 +1,1 @@
+"""Kafka sensors (workflow requests, documents) and run-status sensors."""

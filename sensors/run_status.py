@@ -1,0 +1,306 @@
+"""Run-status sensors: execution history in Postgres, one `agentflow.workflow.results` event per run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import dagster as dg
+import sqlalchemy as sa
+
+from agentflow_dagster import names
+from agentflow_dagster.events import WorkflowResult
+from agentflow_dagster.settings import Settings, get_settings
+from resources.kafka import KafkaResource
+from resources.object_store import ObjectStoreResource
+from resources.postgres import PostgresResource
+from sensors.workflow_requests import TAG_TRACEPARENT
+
+ResultStatus = Literal["succeeded", "failed", "canceled"]
+# The compiler's collecting op, when it has one, holds the whole workflow's result.
+RESULT_TASK_ID = "workflow_result"
+_AUDIT = sa.text(
+    "INSERT INTO audit_log (plan_id, actor, action, subject, detail) "
+    "VALUES (:p, :a, :act, :s, CAST(:d AS jsonb))"
+)
+_APPEND_RUN_ID = (
+    "dagster_run_ids = CASE WHEN dagster_run_ids @> jsonb_build_array(CAST(:run_id AS text)) "
+    "THEN dagster_run_ids ELSE dagster_run_ids || jsonb_build_array(CAST(:run_id AS text)) END"
+)
+
+
+class SinkInfo(Protocol):
+    """What the publisher needs from a workflow spec: its final tasks."""
+
+    def sinks(self) -> list[str]: ...
+
+
+def _ts(epoch: float | None) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC) if epoch else datetime.now(UTC)
+
+
+def _run_error(instance: dg.DagsterInstance, run: dg.DagsterRun, fallback: str | None) -> str:
+    """The failed steps and their errors, which say more than the run-level failure message."""
+    lines = []
+    for entry in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE):
+        event = entry.dagster_event
+        data = event.step_failure_data if event is not None else None
+        if event is not None and data is not None and data.error is not None:
+            lines.append(f"{event.step_key}: {data.error.message.strip()}")
+    return "\n".join(lines)[:4000] or (fallback or "run failed")
+
+
+def _final_output(
+    conn: sa.Connection, plan_id: str, finals: Sequence[str]
+) -> tuple[str | None, Any, str | None]:
+    """(task_id, output, output_ref) of the newest output among the final tasks, else of any task."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT task_id, output, output_ref FROM task_outputs WHERE plan_id = :p "
+            "ORDER BY (task_id = ANY(:finals)) DESC, created_at DESC LIMIT 1"
+        ),
+        {"p": plan_id, "finals": list(finals)},
+    ).all()
+    if not rows:
+        return None, None, None
+    task_id, output, output_ref = rows[0]
+    return task_id, output, output_ref
+
+
+class ResultPublisher:
+    """Claims a run in `published_results`, publishes its WorkflowResult, then commits: once per run_id."""
+
+    def __init__(
+        self,
+        kafka: KafkaResource,
+        postgres: PostgresResource,
+        object_store: ObjectStoreResource,
+        settings: Settings,
+        finals: Mapping[str, Sequence[str]],
+        actor: str = "run_status_sensor",
+    ):
+        self.kafka, self.postgres, self.object_store = kafka, postgres, object_store
+        self.settings, self.finals, self.actor = settings, finals, actor
+
+    def started(self, run: dg.DagsterRun, at: float | None) -> None:
+        """Mark the plan running (first start wins) and remember the Dagster run id."""
+        plan_id = run.tags.get(names.TAG_PLAN_ID)
+        if plan_id is None:
+            return
+        with self.postgres.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE workflow_runs SET "
+                    "status = CASE WHEN finished_at IS NULL THEN 'running' ELSE status END,"
+                    f" started_at = COALESCE(started_at, :at), updated_at = now(), {_APPEND_RUN_ID} "
+                    "WHERE plan_id = :p"
+                ),
+                {"p": plan_id, "at": _ts(at), "run_id": run.run_id},
+            )
+            conn.execute(
+                _AUDIT,
+                {"p": plan_id, "a": self.actor, "act": "run.started", "s": run.run_id, "d": json.dumps({})},
+            )
+
+    def publish(
+        self, run: dg.DagsterRun, status: ResultStatus, error: str | None, finished: float | None
+    ) -> bool:
+        """Publish the run's result unless already published; True when this call published it."""
+        tags = run.tags
+        plan_id, event_id = tags.get(names.TAG_PLAN_ID), tags.get(names.TAG_EVENT_ID)
+        if plan_id is None or event_id is None:
+            return False  # not started from a workflow request (e.g. launched by hand from the UI)
+        finished_at = _ts(finished)
+        # One transaction: the claim row stays locked (a concurrent publisher waits on it) and is only
+        # committed after the broker acknowledged the result, so a failed send leaves the run unclaimed.
+        with self.postgres.engine.begin() as conn:
+            claimed = conn.execute(
+                sa.text(
+                    "INSERT INTO published_results (run_id, plan_id, status) VALUES (:r, :p, :s) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"r": run.run_id, "p": plan_id, "s": status},
+            ).rowcount
+            if not claimed:
+                return False
+            task_id, output, output_ref = _final_output(conn, plan_id, self.finals.get(run.job_name, ()))
+            result = WorkflowResult(
+                event_id=event_id,
+                plan_id=plan_id,
+                run_id=run.run_id,
+                workflow=tags.get(names.TAG_WORKFLOW, run.job_name),
+                tenant=tags.get(names.TAG_TENANT, "default"),
+                status=status,
+                error=error,
+                finished_at=finished_at,
+                output_ref=output_ref,
+                output=self._inline(output) if output is not None else None,
+            )
+            if result.output is None and output is not None:
+                result.output_ref = self._offload(output, plan_id, run.run_id)
+            self._record(conn, run, result, task_id, finished_at)
+            self._send(result, tags.get(TAG_TRACEPARENT))
+        return True
+
+    def _inline(self, output: Any) -> dict[str, Any] | None:
+        """The output when it is small enough for the result event, else None (it goes by reference)."""
+        value = output if isinstance(output, dict) else {"value": output}
+        if len(json.dumps(value, default=str)) > self.settings.inline_input_limit:
+            return None
+        return value
+
+    def _offload(self, output: Any, plan_id: str, run_id: str) -> str:
+        key = f"results/{plan_id}/{run_id}.json"
+        blob = json.dumps(output, default=str).encode()
+        self.object_store.store.put(names.BUCKET_ARTIFACTS, key, blob, "application/json")
+        return key
+
+    def _record(
+        self,
+        conn: sa.Connection,
+        run: dg.DagsterRun,
+        result: WorkflowResult,
+        task_id: str | None,
+        at: datetime,
+    ) -> None:
+        output_doc = result.output if result.output is not None else {"output_ref": result.output_ref}
+        params = {
+            "p": result.plan_id,
+            "run_id": run.run_id,
+            "status": result.status,
+            "at": at,
+            "output": json.dumps(output_doc, default=str) if task_id else None,
+            "error": result.error,
+        }
+        # A late event from an older run (e.g. one that was retried) must not overwrite a newer outcome.
+        conn.execute(
+            sa.text(
+                f"UPDATE workflow_runs SET {_APPEND_RUN_ID}, updated_at = now(), "
+                "status = CASE WHEN finished_at IS NULL OR finished_at <= :at THEN :status ELSE status END, "
+                "output = CASE WHEN finished_at IS NULL OR finished_at <= :at "
+                "THEN CAST(:output AS jsonb) ELSE output END, "
+                "error = CASE WHEN finished_at IS NULL OR finished_at <= :at THEN :error ELSE error END, "
+                "finished_at = GREATEST(finished_at, :at) WHERE plan_id = :p"
+            ),
+            params,
+        )
+        detail = {"status": result.status, "task_id": task_id, "output_ref": result.output_ref}
+        if result.error:
+            detail["error"] = result.error[:500]
+        conn.execute(
+            _AUDIT,
+            {
+                "p": result.plan_id,
+                "a": self.actor,
+                "act": f"run.{result.status}",
+                "s": run.run_id,
+                "d": json.dumps(detail),
+            },
+        )
+
+    def _send(self, result: WorkflowResult, traceparent: str | None) -> None:
+        headers = [("traceparent", traceparent.encode())] if traceparent else []
+        producer = self.kafka.producer()
+        try:
+            producer.send(
+                names.TOPIC_RESULTS,
+                key=result.plan_id.encode(),
+                value=result.model_dump_json().encode(),
+                headers=headers,
+            ).get(timeout=15)
+            producer.flush(timeout=15)
+        finally:
+            producer.close(timeout=5)
+
+
+def _finals_for(jobs: Sequence[dg.JobDefinition], specs: Mapping[str, SinkInfo]) -> dict[str, list[str]]:
+    """Per job, the task ids whose output is the workflow's result."""
+    out: dict[str, list[str]] = {}
+    for job in jobs:
+        spec = specs.get(job.name)
+        out[job.name] = [RESULT_TASK_ID, *(spec.sinks() if spec is not None else [])]
+    return out
+
+
+def make_run_status_sensors(
+    jobs: Sequence[dg.JobDefinition],
+    specs: Mapping[str, SinkInfo] | None = None,
+    *,
+    settings: Settings | None = None,
+    minimum_interval_seconds: int = 5,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+) -> list[dg.SensorDefinition]:
+    """Sensors that record run starts and publish one result per succeeded, failed or canceled run."""
+    finals = _finals_for(jobs, specs or {})
+    common: dict[str, Any] = {
+        "monitored_jobs": list(jobs),
+        "minimum_interval_seconds": minimum_interval_seconds,
+        "default_status": default_status,
+    }
+
+    def publisher(
+        kafka: KafkaResource, postgres: PostgresResource, store: ObjectStoreResource, actor: str
+    ) -> ResultPublisher:
+        return ResultPublisher(kafka, postgres, store, settings or get_settings(), finals, actor)
+
+    def finished_at(context: dg.RunStatusSensorContext) -> float | None:
+        record = context.instance.get_run_record_by_id(context.dagster_run.run_id)
+        return record.end_time if record is not None else None
+
+    @dg.run_status_sensor(
+        name="workflow_run_started_sensor", run_status=dg.DagsterRunStatus.STARTED, **common
+    )
+    def started(
+        context: dg.RunStatusSensorContext,
+        kafka: KafkaResource,
+        postgres: PostgresResource,
+        object_store: ObjectStoreResource,
+    ) -> None:
+        record = context.instance.get_run_record_by_id(context.dagster_run.run_id)
+        at = record.start_time if record is not None else None
+        publisher(kafka, postgres, object_store, "workflow_run_started_sensor").started(
+            context.dagster_run, at
+        )
+
+    @dg.run_status_sensor(
+        name="workflow_result_success_sensor", run_status=dg.DagsterRunStatus.SUCCESS, **common
+    )
+    def succeeded(
+        context: dg.RunStatusSensorContext,
+        kafka: KafkaResource,
+        postgres: PostgresResource,
+        object_store: ObjectStoreResource,
+    ) -> None:
+        pub = publisher(kafka, postgres, object_store, "workflow_result_success_sensor")
+        if pub.publish(context.dagster_run, "succeeded", None, finished_at(context)):
+            context.log.info(f"published the result of run {context.dagster_run.run_id}")
+
+    @dg.run_failure_sensor(name="workflow_result_failure_sensor", **common)
+    def failed(
+        context: dg.RunFailureSensorContext,
+        kafka: KafkaResource,
+        postgres: PostgresResource,
+        object_store: ObjectStoreResource,
+    ) -> None:
+        run = context.dagster_run
+        error = _run_error(context.instance, run, context.failure_event.message)
+        pub = publisher(kafka, postgres, object_store, "workflow_result_failure_sensor")
+        if pub.publish(run, "failed", error, finished_at(context)):
+            context.log.info(f"published the failure of run {run.run_id}")
+
+    @dg.run_status_sensor(
+        name="workflow_result_canceled_sensor", run_status=dg.DagsterRunStatus.CANCELED, **common
+    )
+    def canceled(
+        context: dg.RunStatusSensorContext,
+        kafka: KafkaResource,
+        postgres: PostgresResource,
+        object_store: ObjectStoreResource,
+    ) -> None:
+        pub = publisher(kafka, postgres, object_store, "workflow_result_canceled_sensor")
+        if pub.publish(context.dagster_run, "canceled", "run canceled", finished_at(context)):
+            context.log.info(f"published the cancellation of run {context.dagster_run.run_id}")
+
+    return [started, succeeded, failed, canceled]
