@@ -50,7 +50,7 @@ class KafkaResource(dg.ConfigurableResource):
         return KafkaConsumer(**cfg)
 
     def admin(self) -> KafkaAdminClient:
-        return KafkaAdminClient(**self._common())
+        return KafkaAdminClient(**self._common(), bootstrap_timeout_ms=self.request_timeout_ms)
 
     def ensure_topics(self, topics: list[str] | tuple[str, ...], partitions: int) -> list[str]:
         """Create missing topics; returns the names created."""

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what is missing, idempotently: Debian packages, the venv, torch 2.13.0 (CPU) first, then the project.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+need_apt=()
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv with $($PY --version)"
+  "$PY" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+stamp=.venv/.agentflow-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages (torch 2.13.0 CPU first)"
+  python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
+  # Any other torch requirement pulls several GB of CUDA wheels: pin the local CPU build first.
+  python -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
+  python -m pip install -q -e ".[embeddings,dev]" 2>&1 | grep -v "is ignored" || true
+  python -c "import torch, dagster, agentflow_dagster; assert torch.__version__.startswith('2.13.0')"
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($ROOT/.venv)"

@@ -1,0 +1,25 @@
+"""The `agentflow` command line."""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+
+from agentflow_dagster.commands import stack
+
+
+# platformdirs (via pgserver) warns when XDG_RUNTIME_DIR is unset; it falls back to /tmp correctly.
+warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+
+
+@click.group()
+def main() -> None:
+    """agentflow: multi-agent AI workflows on Dagster."""
+
+
+main.add_command(stack.up)
+main.add_command(stack.status)
+main.add_command(stack.down)
+# Other areas register their commands below, one line each.
+

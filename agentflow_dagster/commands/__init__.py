@@ -1,0 +1,1 @@
+"""Sub-commands of the `agentflow` CLI, one module per area."""

@@ -1,0 +1,244 @@
+"""`agentflow up|status|down`: the local stack under one data directory, each process recorded by pid."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agentflow_dagster import names
+from agentflow_dagster.settings import Settings
+from agentflow_dagster.stack import checks, services
+from agentflow_dagster.stack.services import Service, StackError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STATE_FILE = "stack.json"
+
+
+class Stack:
+    """The components of one data directory: started by `up`, found again by `status` and `down`."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.data = settings.data_path
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path:
+        return self.data / STATE_FILE
+
+    def load_state(self) -> dict[str, Any]:
+        if self.state_path.exists():
+            return dict(json.loads(self.state_path.read_text()))
+        return {"services": {}}
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        self.data.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    # --- addresses ----------------------------------------------------------------------------
+    def addresses(self) -> dict[str, str]:
+        s = self.settings
+        return {
+            "postgres": s.postgres_url or f"postgresql://postgres@127.0.0.1:{s.postgres_port}/agentflow",
+            "redis": s.redis_url or f"redis://127.0.0.1:{s.redis_port}/0",
+            "kafka": s.kafka_bootstrap_servers or f"127.0.0.1:{s.kafka_port}",
+            "object_store": s.s3_endpoint or str(self.data / "objects"),
+            "dagster_webserver": f"http://127.0.0.1:{s.webserver_port}",
+        }
+
+    def process_env(self) -> dict[str, str]:
+        """The environment every Dagster process of the stack gets."""
+        addr = self.addresses()
+        env = dict(os.environ)
+        env.update(
+            {
+                "DAGSTER_HOME": str(self.data / "dagster_home"),
+                "AGENTFLOW_DATA_DIR": str(self.data),
+                "AGENTFLOW_POSTGRES_URL": addr["postgres"],
+                "AGENTFLOW_DAGSTER_POSTGRES_URL": addr["postgres"].replace(
+                    "postgresql://", "postgresql+psycopg2://", 1
+                ),
+                "AGENTFLOW_REDIS_URL": addr["redis"],
+                "AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS": addr["kafka"],
+                "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1",
+            }
+        )
+        return env
+
+    # --- up -----------------------------------------------------------------------------------
+    def up(self, echo: Any = print) -> dict[str, str]:
+        """Start what is not running yet; idempotent."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        state = self.load_state()
+        running = state["services"]
+        s = self.settings
+
+        def ensure(name: str, external: str | None, start: Any) -> None:
+            rec = running.get(name)
+            if external:
+                running[name] = {"managed": False, "address": external}
+                return
+            if rec and rec.get("managed") and services.pid_alive(rec["pid"]):
+                echo(f"  {name:<18} already running (pid {rec['pid']})")
+                return
+            svc: Service = start()
+            running[name] = {"managed": True, **asdict(svc)}
+            self.save_state(state)
+            echo(f"  {name:<18} started (pid {svc.pid}) {svc.address}")
+
+        ensure("postgres", s.postgres_url, lambda: services.start_postgres(self.data, s.postgres_port))
+        ensure("redis", s.redis_url, lambda: services.start_redis(self.data, s.redis_port))
+        ensure("kafka", s.kafka_bootstrap_servers, lambda: services.start_kafka(self.data, s.kafka_port))
+        self.save_state(state)
+        self.prepare()
+        ensure("dagster_webserver", None, self._start_webserver)
+        ensure("dagster_daemon", None, self._start_daemon)
+        self.save_state(state)
+        self._wait_webserver()
+        return self.addresses()
+
+    def prepare(self) -> None:
+        """Schema migrations, topics, buckets and DAGSTER_HOME."""
+        from agentflow_dagster.db import migrate
+        from agentflow_dagster.resources_env import build_resources
+
+        addr = self.addresses()
+        _guard("postgres", addr["postgres"], lambda: migrate(addr["postgres"]), "check AGENTFLOW_POSTGRES_URL")
+        res = build_resources(self.settings)
+        _guard(
+            "kafka",
+            addr["kafka"],
+            lambda: res["kafka"].ensure_topics(names.TOPICS, self.settings.kafka_partitions),
+            "check AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS",
+        )
+        store = res["object_store"].build()
+        for bucket in names.BUCKETS:
+            _guard("object_store", addr["object_store"], lambda b=bucket: store.ensure_bucket(b), "check AGENTFLOW_S3_*")
+        home = self.data / "dagster_home"
+        home.mkdir(parents=True, exist_ok=True)
+        instance_yaml = (REPO_ROOT / "dagster.yaml").read_text()
+        if self.settings.s3_endpoint:
+            instance_yaml += _S3_COMPUTE_LOGS.format(endpoint=self.settings.s3_endpoint)
+        (home / "dagster.yaml").write_text(instance_yaml)
+
+    def _workspace(self) -> Path:
+        path = REPO_ROOT / "workspace.yaml"
+        if path.exists():
+            return path
+        generated = self.data / "workspace.yaml"
+        generated.write_text(
+            "load_from:\n  - python_module:\n      module_name: agentflow_dagster.definitions\n"
+            "      location_name: agentflow\n"
+        )
+        return generated
+
+    def _spawn(self, name: str, args: list[str]) -> Service:
+        log = self.data / "logs" / f"{name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self.process_env(),
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+        return Service(name, proc.pid, "", str(log))
+
+    def _start_webserver(self) -> Service:
+        port = self.settings.webserver_port
+        services._require_free("webserver", port)
+        exe = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
+        svc = self._spawn("dagster_webserver", [exe, "-h", "127.0.0.1", "-p", str(port), "-w", str(self._workspace())])
+        svc.address = f"http://127.0.0.1:{port}"
+        return svc
+
+    def _start_daemon(self) -> Service:
+        exe = shutil.which("dagster-daemon", path=str(Path(sys.executable).parent)) or "dagster-daemon"
+        svc = self._spawn("dagster_daemon", [exe, "run", "-w", str(self._workspace())])
+        svc.address = str(self.data / "dagster_home")
+        return svc
+
+    def _wait_webserver(self, timeout: float = 180) -> None:
+        url = self.addresses()["dagster_webserver"]
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/server_info", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        try:
+            services.wait_for(ready, timeout, "dagster-webserver", interval=1.0)
+        except TimeoutError as exc:
+            raise StackError(
+                "dagster_webserver", url, "did not answer /server_info", f"see {self.data}/logs/dagster_webserver.log"
+            ) from exc
+
+    # --- status / down ------------------------------------------------------------------------
+    def status(self) -> list[checks.Check]:
+        from agentflow_dagster.resources_env import build_resources
+
+        addr = self.addresses()
+        store = build_resources(self.settings)["object_store"].build()
+        result = [
+            checks.check_postgres(addr["postgres"]),
+            checks.check_redis(addr["redis"]),
+            checks.check_kafka(addr["kafka"]),
+            checks.check_object_store(store, addr["object_store"]),
+            *checks.check_dagster(addr["dagster_webserver"]),
+        ]
+        return result
+
+    def down(self, echo: Any = print) -> list[str]:
+        """Stop, in reverse order, only the processes this data directory's `up` started."""
+        state = self.load_state()
+        stopped = []
+        for name in ("dagster_daemon", "dagster_webserver", "kafka", "redis", "postgres"):
+            rec = state["services"].get(name)
+            if not rec or not rec.get("managed"):
+                continue
+            if name == "postgres":
+                services.stop_postgres(self.data)
+            if services.pid_alive(rec["pid"]):
+                services.stop_pid(rec["pid"])
+            stopped.append(name)
+            echo(f"  {name:<18} stopped (pid {rec['pid']})")
+            del state["services"][name]
+            self.save_state(state)
+        return stopped
+
+
+def _guard(component: str, address: str, action: Any, fix: str) -> None:
+    """Turn a connection failure into a one-line StackError naming the component."""
+    try:
+        action()
+    except StackError:
+        raise
+    except Exception as exc:
+        first = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        raise StackError(component, address, f"unreachable ({first})", fix) from exc
+
+
+_S3_COMPUTE_LOGS = """
+compute_logs:
+  module: dagster_aws.s3.compute_log_manager
+  class: S3ComputeLogManager
+  config:
+    bucket: dagster-compute-logs
+    prefix: compute-logs
+    endpoint_url: {endpoint}
+    local_dir: /tmp/dagster-compute-logs
+"""
