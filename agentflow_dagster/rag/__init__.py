@@ -1,0 +1,1 @@
+"""RAG building blocks: parsers, chunking, vector stores and the retriever."""

