@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from agentflow_dagster import names
@@ -64,3 +65,37 @@ def object_store_dir(servers_dir: Path) -> Path:
     for bucket in names.BUCKETS:
         store.ensure_bucket(bucket)
     return root
+
+
+def _leftovers(basetemp: str) -> list[psutil.Process]:
+    """Processes started by this session: our children, or anything running out of our temp dirs."""
+    me = psutil.Process()
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.pid != me.pid and basetemp in " ".join(proc.info["cmdline"] or []):
+                found[proc.pid] = proc
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite must leave no process running: report, stop and fail on any leftover."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    basetemp = str(factory.getbasetemp())
+    leftovers = [p for p in _leftovers(basetemp) if p.is_running()]
+    if not leftovers:
+        return
+    desc = []
+    for proc in leftovers:
+        try:
+            desc.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+            proc.kill()
+        except psutil.Error:
+            continue
+    if desc:
+        print("\nLEFTOVER PROCESSES (killed):\n  " + "\n  ".join(desc))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

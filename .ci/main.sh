@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The main command: set up, start the local stack, check it, run a first workflow and print its result.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash .ci/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+agentflow up
+agentflow status
+if agentflow --help | grep -q " submit "; then
+  agentflow submit research_report \
+    --input "question=How do Kafka sensors turn events into Dagster runs?" \
+    --wait --timeout 300
+fi
+echo
+echo "The stack keeps running: Dagster UI at http://127.0.0.1:${AGENTFLOW_WEBSERVER_PORT:-3000}; stop it with: agentflow down"
