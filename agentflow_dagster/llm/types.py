@@ -1,0 +1,97 @@
+"""Request, result and error types shared by the LLM providers."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+OFFLINE_PROVIDER = "offline-extractive"
+OFFLINE_MODEL = "offline-extractive-v1"
+
+_FENCE_RE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+@dataclass
+class ChatRequest:
+    """One chat completion request; `grounding` (task inputs, retrieved hits) feeds the offline provider only."""
+
+    messages: list[dict[str, str]]
+    model: str
+    json_schema: dict[str, Any] | None = None
+    schema_name: str = "output"
+    grounding: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    deadline: float | None = None  # time.monotonic() value after which no new attempt starts
+
+
+@dataclass
+class ChatResult:
+    """A successful completion, with what it cost and how many attempts it took."""
+
+    content: str
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str
+    latency_ms: float
+    model: str
+    provider: str
+    attempts: int
+    cost_usd: float = 0.0
+    waits: list[float] = field(default_factory=list)
+
+
+@dataclass
+class CallAttempt:
+    """One HTTP attempt (failed or not): what `llm_calls` records."""
+
+    provider: str
+    model: str
+    messages: list[dict[str, str]]
+    attempt: int
+    latency_ms: float
+    response: str | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    finish_reason: str | None = None
+    cost_usd: float = 0.0
+    error: str | None = None
+
+
+Recorder = Callable[[CallAttempt], None]
+
+
+class LLMError(RuntimeError):
+    """An LLM call failed; `retryable` says whether trying again later may succeed."""
+
+    def __init__(self, message: str, retryable: bool = True, waits: list[float] | None = None, attempts: int = 0):
+        super().__init__(message)
+        self.retryable = retryable
+        self.waits = waits or []
+        self.attempts = attempts
+
+
+class LLMExhaustedError(LLMError):
+    """The provider's own bounds (attempts, total wait, deadline) were spent without a usable answer."""
+
+
+class ChatProvider(Protocol):
+    """Anything that answers chat requests: the OpenAI-compatible client or the offline provider."""
+
+    name: str
+
+    def chat(self, request: ChatRequest, recorder: Recorder | None = None) -> ChatResult: ...
+
+
+def extract_json(content: str) -> Any:
+    """Parse a JSON answer, tolerating a Markdown code fence around it; raises ValueError."""
+    match = _FENCE_RE.match(content)
+    return json.loads(match.group(1) if match else content)
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (4 characters a token) when the server reports no usage."""
+    return max(1, len(text) // 4) if text else 0

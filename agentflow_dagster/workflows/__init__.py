@@ -1,0 +1,1 @@
+"""Workflow specs: models, the YAML loader and validator, and the shipped specs."""

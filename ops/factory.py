@@ -1,0 +1,260 @@
+"""The one op factory: every agent task of every workflow becomes an op built here."""
+
+# No `from __future__ import annotations`: Dagster inspects the compute functions' annotations at runtime.
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import dagster as dg
+
+from agentflow_dagster.agents.roles import AgentRole, get_agent
+from agentflow_dagster.agents.runner import AgentError, AgentRun, run_agent
+from agentflow_dagster.agents.tools import Retriever
+from agentflow_dagster.llm.recorder import PostgresCallRecorder
+from agentflow_dagster.llm.types import OFFLINE_PROVIDER
+from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
+from ops import history
+from ops.idempotency import TaskLock, TaskOutputStore, input_digest, lock_key, wait_for_lock
+from ops.retry import is_last_attempt, retry_policy_for
+
+ACTOR = "agentflow.ops"
+BASE_RESOURCES = frozenset({"postgres", "redis", "llm", "object_store"})
+
+
+def resolve_ref(value: Any, request_inputs: dict[str, Any], upstream: dict[str, Any], item: Any = None) -> Any:
+    """Resolve `$request.x`, `$tasks.id[.field]` (a list for fanned-out tasks) and `$item`; literals pass through."""
+    if not (isinstance(value, str) and value.startswith("$")):
+        return value
+    match = REF_RE.match(value)
+    if match is None:
+        raise ValueError(f"bad reference {value!r}")
+    if match["scope"] == "item":
+        return item
+    if match["scope"] == "request":
+        return request_inputs.get(match["name"])
+    result = upstream[match["name"]]
+    field = match["field"]
+
+    def pick(one: dict[str, Any]) -> Any:
+        return one["output"] if field is None else one["output"].get(field)
+
+    return [pick(r) for r in result] if isinstance(result, list) else pick(result)
+
+
+def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:
+    """Tasks that fan out over a list field of `task`'s output."""
+    return [t for t in spec.tasks if t.fan_out is not None and t.fan_out.source_task == task.task_id]
+
+
+class _TaskExecution:
+    """State of one op attempt: resources, keys and the history rows it writes."""
+
+    def __init__(self, context: dg.OpExecutionContext, spec: WorkflowSpec, task: TaskSpec, inputs: dict[str, Any]):
+        self.context, self.spec, self.task = context, spec, task
+        self.request: dict[str, Any] = inputs["request"]
+        self.plan_id: str = self.request["plan_id"]
+        mapping_key = context.get_mapping_key()
+        self.task_key = f"{task.task_id}[{mapping_key}]" if mapping_key else task.task_id
+        upstream = {k: v for k, v in inputs.items() if k not in ("request", "item")}
+        item = inputs.get("item")
+        req_inputs = self.request["inputs"]
+        self.inputs = {k: resolve_ref(v, req_inputs, upstream, item) for k, v in task.inputs.items()}
+        self.retrieval: tuple[str, str, int] | None = None
+        if task.retrieval is not None:
+            self.retrieval = (
+                str(resolve_ref(task.retrieval.query, req_inputs, upstream, item) or ""),
+                str(resolve_ref(task.retrieval.collection, req_inputs, upstream, item) or ""),
+                task.retrieval.k,
+            )
+        self.pg = context.resources.postgres
+        self.llm = context.resources.llm
+        self.attempt = context.retry_number + 1
+        role = get_agent(task.agent)
+        self.digest = input_digest(
+            {
+                "workflow": spec.name,
+                "version": spec.version,
+                "task": task.model_dump(mode="json"),
+                "inputs": self.inputs,
+                "retrieval": self.retrieval,
+                # Another model gives another answer: a switch of provider is not a cache hit.
+                "provider": self.llm.provider_name,
+                "model": self.llm.model_for(role.profile),
+            }
+        )
+        self.store = TaskOutputStore(self.pg.engine, context.resources.object_store.store)
+
+    def audit(self, action: str, **detail: Any) -> None:
+        self.pg.audit(ACTOR, action, self.plan_id, self.task_key, run_id=self.context.run_id, **detail)
+
+    def fail_workflow(self, error: str) -> None:
+        history.finish_workflow(self.pg.engine, self.plan_id, "failed", error=f"{self.task_key}: {error}")
+        self.audit("workflow.failed", error=error)
+
+    def run_role(self, role: AgentRole, retriever: Retriever | None) -> AgentRun:
+        """Run one agent once, recorded as one `task_runs` row."""
+        engine = self.pg.engine
+        row = history.start_task_run(engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt)
+        self.audit("task.started", agent=role.name, attempt=self.attempt)
+        recorder = PostgresCallRecorder(
+            engine, self.plan_id, self.task_key, self.context.run_id, self.request.get("trace_id")
+        )
+        try:
+            run = run_agent(
+                role,
+                self.inputs,
+                provider=self.llm.provider,
+                model=self.llm.model_for(role.profile),
+                retriever=retriever,
+                retrieval_request=self.retrieval,
+                recorder=recorder,
+                deadline=time.monotonic() + self.task.timeout_s,
+            )
+        except AgentError as exc:
+            u = exc.usage
+            history.finish_task_run(
+                engine, row, "failed", error=str(exc), input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens, cost_usd=u.cost_usd,
+            )  # fmt: skip
+            self.audit("task.failed", agent=role.name, attempt=self.attempt, error=str(exc))
+            raise
+        except Exception as exc:
+            history.finish_task_run(engine, row, "failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        u = run.usage
+        history.finish_task_run(
+            engine, row, "succeeded", input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd
+        )
+        self.audit("task.succeeded", agent=role.name, attempt=self.attempt, provider=run.provider)
+        return run
+
+    def run_with_fallback(self, retriever: Retriever | None) -> tuple[AgentRun, bool]:
+        """The primary agent; on its last attempt (or a non-retryable error) the fallback agent instead."""
+        try:
+            return self.run_role(get_agent(self.task.agent), retriever), False
+        except AgentError as exc:
+            give_up = is_last_attempt(self.context.retry_number, self.task.retry) or not exc.retryable
+            if not give_up:
+                raise  # Dagster's RetryPolicy schedules the next attempt
+            if not self.task.fallback_agent:
+                self.fail_workflow(str(exc))
+                raise dg.Failure(f"{self.task_key}: {exc}", allow_retries=False) from exc
+            self.context.log.warning(f"{self.task_key}: {exc}; running fallback agent {self.task.fallback_agent!r}")
+            self.audit("task.fallback", agent=self.task.fallback_agent, error=str(exc))
+        try:
+            return self.run_role(get_agent(self.task.fallback_agent), retriever), True
+        except AgentError as exc:
+            self.fail_workflow(f"fallback failed too: {exc}")
+            raise dg.Failure(f"{self.task_key}: fallback failed too: {exc}", allow_retries=False) from exc
+
+    def result_of(self, run: AgentRun, fallback_used: bool) -> dict[str, Any]:
+        return {
+            "task_id": self.task.task_id,
+            "task_key": self.task_key,
+            "agent": run.agent,
+            "fallback_used": fallback_used,
+            "provider": run.provider,
+            "model": run.model,
+            "offline": run.provider == OFFLINE_PROVIDER,
+            "output": run.output,
+            "retrieval_note": run.retrieval.note if run.retrieval else None,
+            "usage": {
+                "input_tokens": run.usage.input_tokens,
+                "output_tokens": run.usage.output_tokens,
+                "cost_usd": round(run.usage.cost_usd, 6),
+                "latency_ms": round(run.usage.latency_ms, 1),
+                "llm_calls": run.usage.calls,
+                "llm_attempts": run.usage.attempts,
+            },
+        }
+
+    def record_reuse(self) -> None:
+        engine = self.pg.engine
+        row = history.start_task_run(engine, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt)
+        history.finish_task_run(engine, row, "succeeded", reused=True)
+        self.audit("task.reused", input_digest=self.digest)
+
+    def execute(self, retriever: Retriever | None) -> tuple[dict[str, Any], bool]:
+        """The task's result and whether it was reused from `task_outputs`."""
+        cached = self.store.get(self.plan_id, self.task_key, self.digest)
+        if cached is not None:
+            self.record_reuse()
+            return cached, True
+        lock = TaskLock(
+            self.context.resources.redis.client,
+            lock_key(self.plan_id, self.task_key),
+            ttl_ms=int((self.task.timeout_s + 60) * 1000),
+        )
+        if not wait_for_lock(lock, self.task.timeout_s + 30):
+            raise RuntimeError(f"{self.task_key} of {self.plan_id} is running on another worker ({lock.holder()})")
+        try:
+            # The worker that held the lock may have finished this task while we waited.
+            cached = self.store.get(self.plan_id, self.task_key, self.digest)
+            if cached is not None:
+                self.record_reuse()
+                return cached, True
+            run, fallback_used = self.run_with_fallback(retriever)
+            result = self.result_of(run, fallback_used)
+            self.store.put(self.plan_id, self.task_key, self.digest, run.agent, run.provider, result)
+            return result, False
+        finally:
+            lock.release()
+
+
+def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_key: str | None = None) -> dg.OpDefinition:
+    """The op for one task: named by task_id, inputs from depends_on, RetryPolicy from the spec."""
+    targets = fan_targets(spec, task)
+    fanned = spec.fanned_tasks()
+    ins: dict[str, dg.In] = {"request": dg.In(dict)}
+    for dep in task.depends_on:
+        ins[dep] = dg.In(list if dep in fanned else dict, description=f"result of task {dep}")
+    if task.fan_out is not None:
+        ins["item"] = dg.In(description=f"one element of {task.fan_out.over}")
+    outs: dict[str, dg.Out] = {"result": dg.Out(dict, description="task result with provider label and usage")}
+    for target in targets:
+        outs[f"fan_{target.task_id}"] = dg.DynamicOut(description=f"one {target.task_id} per element")
+    use_retriever = retriever_key is not None and task.retrieval is not None
+    resource_keys = set(BASE_RESOURCES) | ({retriever_key} if use_retriever and retriever_key else set())
+
+    def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Any]:
+        execution = _TaskExecution(context, spec, task, inputs)
+        retriever = getattr(context.resources, retriever_key) if use_retriever and retriever_key else None
+        result, reused = execution.execute(retriever)
+        usage = result.get("usage", {})
+        metadata: dict[str, Any] = {
+            "agent": result["agent"],
+            "provider": result["provider"],
+            "model": result["model"],
+            "offline": result["offline"],
+            "reused": reused,
+            "fallback_used": result["fallback_used"],
+            "input_digest": execution.digest,
+            # A reused output cost nothing in this run.
+            "input_tokens": 0 if reused else usage.get("input_tokens", 0),
+            "output_tokens": 0 if reused else usage.get("output_tokens", 0),
+            "cost_usd": 0.0 if reused else float(usage.get("cost_usd", 0.0)),
+            "latency_ms": 0.0 if reused else float(usage.get("latency_ms", 0.0)),
+        }
+        if result["offline"]:
+            context.log.info(f"{execution.task_key}: answered by the offline-extractive provider (no LLM endpoint)")
+        yield dg.Output(result, "result", metadata=metadata)
+        for target in targets:
+            assert target.fan_out is not None
+            items = result["output"].get(target.fan_out.source_field) or []
+            for i, element in enumerate(items[: target.fan_out.max_items]):
+                yield dg.DynamicOutput(element, mapping_key=str(i), output_name=f"fan_{target.task_id}")
+
+    return dg.OpDefinition(
+        compute_fn=compute,
+        name=task.task_id,
+        ins=ins,
+        outs=outs,
+        description=task.description or f"{task.agent} agent task of workflow {spec.name}",
+        required_resource_keys=resource_keys,
+        tags={
+            "agentflow/agent": task.agent,
+            "agentflow/fallback_agent": task.fallback_agent or "",
+            "agentflow/requires_approval": str(task.requires_approval).lower(),
+        },
+        retry_policy=retry_policy_for(task.retry),
+    )

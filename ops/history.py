@@ -1,0 +1,95 @@
+"""Execution history: `workflow_runs` (one row per plan) and `task_runs` (one row per task attempt)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+
+def upsert_workflow_running(engine: sa.Engine, request: dict[str, Any], run_id: str) -> None:
+    """Insert or re-open the plan's row as running and remember this Dagster run id."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO workflow_runs (plan_id, event_id, workflow, version, tenant, status, trace_id, inputs, "
+                "dagster_run_ids, submitted_at, started_at, updated_at) VALUES (:plan_id, :event_id, :workflow, "
+                ":version, :tenant, 'running', :trace_id, CAST(:inputs AS jsonb), jsonb_build_array(CAST(:run_id AS text)), "
+                "CAST(:submitted_at AS timestamptz), now(), now()) "
+                "ON CONFLICT (plan_id) DO UPDATE SET status = 'running', error = NULL, finished_at = NULL, "
+                "updated_at = now(), started_at = COALESCE(workflow_runs.started_at, now()), "
+                "dagster_run_ids = CASE WHEN workflow_runs.dagster_run_ids @> jsonb_build_array(CAST(:run_id AS text)) "
+                "THEN workflow_runs.dagster_run_ids "
+                "ELSE workflow_runs.dagster_run_ids || jsonb_build_array(CAST(:run_id AS text)) END"
+            ),
+            {
+                "plan_id": request["plan_id"],
+                "event_id": request["event_id"],
+                "workflow": request["workflow"],
+                "version": request["version"],
+                "tenant": request["tenant"],
+                "trace_id": request.get("trace_id"),
+                "inputs": json.dumps(request.get("inputs_record")),
+                "run_id": run_id,
+                "submitted_at": request.get("submitted_at"),
+            },
+        )
+
+
+def finish_workflow(
+    engine: sa.Engine, plan_id: str, status: str, output: dict[str, Any] | None = None, error: str | None = None
+) -> None:
+    """Set the final status (succeeded or failed) with the output or the error."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE workflow_runs SET status = :s, output = CAST(:o AS jsonb), error = :e, finished_at = now(), "
+                "updated_at = now() WHERE plan_id = :p"
+            ),
+            {"s": status, "o": json.dumps(output) if output is not None else None, "e": error, "p": plan_id},
+        )
+
+
+def start_task_run(engine: sa.Engine, plan_id: str, task_key: str, agent: str, run_id: str, attempt: int) -> int:
+    """Open a `task_runs` row for one attempt; returns its id."""
+    with engine.begin() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status) "
+                    "VALUES (:p, :t, :a, :r, :n, 'running') RETURNING id"
+                ),
+                {"p": plan_id, "t": task_key, "a": agent, "r": run_id, "n": attempt},
+            ).scalar_one()
+        )
+
+
+def finish_task_run(
+    engine: sa.Engine,
+    row_id: int,
+    status: str,
+    *,
+    error: str | None = None,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+    cost_usd: float = 0.0,
+    reused: bool = False,
+) -> None:
+    """Close an attempt's row with its status, error, tokens and cost."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE task_runs SET status = :s, error = :e, input_tokens = :i, output_tokens = :o, cost_usd = :c, "
+                "reused = :reused, finished_at = now() WHERE id = :id"
+            ),
+            {
+                "s": status,
+                "e": error,
+                "i": input_tokens,
+                "o": output_tokens,
+                "c": cost_usd,
+                "reused": reused,
+                "id": row_id,
+            },
+        )
