@@ -8,7 +8,6 @@ import click
 
 from agentflow_dagster.commands import stack
 
-
 # platformdirs (via pgserver) warns when XDG_RUNTIME_DIR is unset; it falls back to /tmp correctly.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -22,4 +21,3 @@ main.add_command(stack.up)
 main.add_command(stack.status)
 main.add_command(stack.down)
 # Other areas register their commands below, one line each.
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import dagster as dg
@@ -59,10 +60,8 @@ class KafkaResource(dg.ConfigurableResource):
             existing = set(admin.list_topics())
             missing = [t for t in topics if t not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
-                except TopicAlreadyExistsError:
-                    pass
             return missing
         finally:
             admin.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,7 +14,7 @@ from agentflow_dagster.stack.stack import Stack
 
 
 def _stack(data_dir: str | None) -> Stack:
-    settings = Settings(data_dir=data_dir) if data_dir else Settings()
+    settings = Settings(data_dir=Path(data_dir)) if data_dir else Settings()
     return Stack(settings)
 
 

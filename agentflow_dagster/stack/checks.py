@@ -105,7 +105,10 @@ def check_dagster(webserver_url: str) -> list[Check]:
         data = resp.json()["data"]
     except Exception as exc:
         msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return [Check(c, webserver_url, False, msg) for c in ("dagster_webserver", "dagster_daemon", "code_location")]
+        return [
+            Check(c, webserver_url, False, msg)
+            for c in ("dagster_webserver", "dagster_daemon", "code_location")
+        ]
     version = info.json().get("dagster_version", "?")
     daemons = data["instance"]["daemonHealth"]["allDaemonStatuses"]
     unhealthy = [d["daemonType"] for d in daemons if d["required"] and not d["healthy"]]
@@ -122,7 +125,9 @@ def check_dagster(webserver_url: str) -> list[Check]:
     entries = ws.get("locationEntries", []) if ws["__typename"] == "Workspace" else []
     loc = next((e for e in entries if e["name"] == "agentflow"), None)
     if loc is None:
-        checks.append(Check("code_location", webserver_url, False, "location 'agentflow' not in the workspace"))
+        checks.append(
+            Check("code_location", webserver_url, False, "location 'agentflow' not in the workspace")
+        )
     else:
         err = loc["locationOrLoadError"] or {}
         ok = loc["loadStatus"] == "LOADED" and err.get("__typename") == "RepositoryLocation"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -77,16 +78,12 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
         return
     procs = [proc, *proc.children(recursive=True)]
     for p in procs:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.terminate()
-        except psutil.Error:
-            pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     for p in alive:
-        try:
+        with contextlib.suppress(psutil.Error):
             p.kill()
-        except psutil.Error:
-            pass
     psutil.wait_procs(alive, timeout=5)
 
 
@@ -134,7 +131,15 @@ def start_postgres(data_dir: Path, port: int) -> Service:
     log = pgdata / "server.log"
     if not (pgdata / "PG_VERSION").exists():
         subprocess.run(
-            [str(bin_path / "initdb"), "--auth=trust", "--encoding=utf8", "-U", "postgres", "-D", str(pgdata)],
+            [
+                str(bin_path / "initdb"),
+                "--auth=trust",
+                "--encoding=utf8",
+                "-U",
+                "postgres",
+                "-D",
+                str(pgdata),
+            ],
             check=True,
             capture_output=True,
             **kwargs,  # type: ignore[call-overload]
@@ -149,7 +154,9 @@ def start_postgres(data_dir: Path, port: int) -> Service:
     )
     if proc.returncode != 0:
         tail = log.read_text()[-600:] if log.exists() else proc.stderr
-        raise StackError("postgres", f"127.0.0.1:{port}", f"pg_ctl start failed: {tail.strip()}", f"see {log}")
+        raise StackError(
+            "postgres", f"127.0.0.1:{port}", f"pg_ctl start failed: {tail.strip()}", f"see {log}"
+        )
     pid = int((pgdata / "postmaster.pid").read_text().split()[0])
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     _ensure_database(url, "agentflow")
@@ -214,7 +221,9 @@ def start_redis(data_dir: Path, port: int) -> Service:
     log = rdir / "server.log"
     args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir), "--save", ""]
     args += ["--appendonly", "yes", "--logfile", str(log), "--daemonize", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     wait_for(lambda: port_in_use(port) or proc.poll() is not None, 15, "redis")
     if proc.poll() is not None:
         raise StackError("redis", f"127.0.0.1:{port}", "redis-server exited at start", f"see {log}")

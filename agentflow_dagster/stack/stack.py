@@ -114,7 +114,9 @@ class Stack:
         from agentflow_dagster.resources_env import build_resources
 
         addr = self.addresses()
-        _guard("postgres", addr["postgres"], lambda: migrate(addr["postgres"]), "check AGENTFLOW_POSTGRES_URL")
+        _guard(
+            "postgres", addr["postgres"], lambda: migrate(addr["postgres"]), "check AGENTFLOW_POSTGRES_URL"
+        )
         res = build_resources(self.settings)
         _guard(
             "kafka",
@@ -124,7 +126,12 @@ class Stack:
         )
         store = res["object_store"].build()
         for bucket in names.BUCKETS:
-            _guard("object_store", addr["object_store"], lambda b=bucket: store.ensure_bucket(b), "check AGENTFLOW_S3_*")
+            _guard(
+                "object_store",
+                addr["object_store"],
+                lambda b=bucket: store.ensure_bucket(b),
+                "check AGENTFLOW_S3_*",
+            )
         home = self.data / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
         instance_yaml = (REPO_ROOT / "dagster.yaml").read_text()
@@ -161,7 +168,9 @@ class Stack:
         port = self.settings.webserver_port
         services._require_free("webserver", port)
         exe = shutil.which("dagster-webserver", path=str(Path(sys.executable).parent)) or "dagster-webserver"
-        svc = self._spawn("dagster_webserver", [exe, "-h", "127.0.0.1", "-p", str(port), "-w", str(self._workspace())])
+        svc = self._spawn(
+            "dagster_webserver", [exe, "-h", "127.0.0.1", "-p", str(port), "-w", str(self._workspace())]
+        )
         svc.address = f"http://127.0.0.1:{port}"
         return svc
 
@@ -184,7 +193,10 @@ class Stack:
             services.wait_for(ready, timeout, "dagster-webserver", interval=1.0)
         except TimeoutError as exc:
             raise StackError(
-                "dagster_webserver", url, "did not answer /server_info", f"see {self.data}/logs/dagster_webserver.log"
+                "dagster_webserver",
+                url,
+                "did not answer /server_info",
+                f"see {self.data}/logs/dagster_webserver.log",
             ) from exc
 
     # --- status / down ------------------------------------------------------------------------

@@ -24,7 +24,9 @@ def test_postgres_round_trip_and_audit(pg_url: str) -> None:
     res.audit("tester", "probe", plan_id="plan-x", subject="s", n=1)
     with res.engine.begin() as conn:
         row = conn.execute(sa.text("SELECT actor, detail->>'n' FROM audit_log WHERE plan_id='plan-x'")).one()
-        tables = {r[0] for r in conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))}
+        tables = {
+            r[0] for r in conn.execute(sa.text("SELECT tablename FROM pg_tables WHERE schemaname='public'"))
+        }
     assert tuple(row) == ("tester", "1")
     assert {"workflow_definitions", "workflow_runs", "task_runs", "audit_log", "llm_calls"} <= tables
     res.migrate()  # idempotent
@@ -33,9 +35,8 @@ def test_postgres_round_trip_and_audit(pg_url: str) -> None:
 def test_postgres_down_names_the_address() -> None:
     port = free_port()
     res = PostgresResource(url=f"postgresql://postgres@127.0.0.1:{port}/x")
-    with pytest.raises(sa.exc.OperationalError, match=str(port)):
-        with res.engine.connect():
-            pass
+    with pytest.raises(sa.exc.OperationalError, match=str(port)), res.engine.connect():
+        pass
 
 
 def test_redis_round_trip(redis_url: str) -> None:

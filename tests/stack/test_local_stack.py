@@ -61,7 +61,9 @@ def _ui_dom(url: str, out_dir: Path) -> str:
     try:
         base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000"]
         base.append("--window-size=1400,900")
-        subprocess.run([*base, f"--screenshot={out_dir / 'dagster-ui.png'}", url], capture_output=True, timeout=120)
+        subprocess.run(
+            [*base, f"--screenshot={out_dir / 'dagster-ui.png'}", url], capture_output=True, timeout=120
+        )
         dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
         return dom.stdout
     finally:
@@ -134,7 +136,9 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
         assert up.returncode != 0
         assert "Traceback" not in up.stderr
         err = [line for line in up.stderr.splitlines() if line.startswith("Error")]
-        assert len(err) == 1 and f"redis (127.0.0.1:{ports['redis']})" in err[0] and "Fix:" in err[0], up.stderr
+        assert len(err) == 1 and f"redis (127.0.0.1:{ports['redis']})" in err[0] and "Fix:" in err[0], (
+            up.stderr
+        )
     finally:
         _cli(env, "down")
 
