@@ -8,10 +8,12 @@ from typing import Any
 import dagster as dg
 
 from agentflow_dagster.settings import Settings
+from resources.embeddings import EmbeddingsResource
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
 from resources.redis import RedisResource
+from resources.vector_store import VectorStoreResource
 
 
 def _secret(name: str) -> Any:
@@ -22,10 +24,11 @@ def _secret(name: str) -> Any:
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Resources keyed by the names ops, assets and sensors ask for."""
     data = settings.data_path
+    postgres_url = (
+        settings.postgres_url or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/agentflow"
+    )
     return {
-        "postgres": PostgresResource(
-            url=settings.postgres_url or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/agentflow"
-        ),
+        "postgres": PostgresResource(url=postgres_url),
         "redis": RedisResource(url=settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"),
         "kafka": KafkaResource(
             bootstrap_servers=settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.kafka_port}"
@@ -36,5 +39,26 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             access_key=_secret("AGENTFLOW_S3_ACCESS_KEY"),
             secret_key=_secret("AGENTFLOW_S3_SECRET_KEY"),
             secure=settings.s3_secure,
+        ),
+        **rag_resources(settings, postgres_url),
+    }
+
+
+def rag_resources(settings: Settings, postgres_url: str) -> dict[str, Any]:
+    """Embeddings (AGENTFLOW_EMBEDDINGS_PROVIDER=openai for an API); vector store (OpenSearch when set)."""
+    provider = os.environ.get("AGENTFLOW_EMBEDDINGS_PROVIDER", "local")
+    return {
+        "embeddings": EmbeddingsResource(
+            provider=provider,
+            model=os.environ.get("AGENTFLOW_EMBEDDINGS_MODEL", "all-MiniLM-L6-v2"),
+            base_url=(settings.openai_base_url or "") if provider == "openai" else "",
+            api_key=_secret("OPENAI_API_KEY") if provider == "openai" else "",
+        ),
+        "vector_store": VectorStoreResource(
+            backend="opensearch" if settings.opensearch_url else "pgvector",
+            postgres_url=postgres_url,
+            opensearch_url=settings.opensearch_url or "",
+            opensearch_username=os.environ.get("AGENTFLOW_OPENSEARCH_USERNAME", ""),
+            opensearch_password=_secret("AGENTFLOW_OPENSEARCH_PASSWORD"),
         ),
     }
