@@ -48,7 +48,10 @@ def _run_error(instance: dg.DagsterInstance, run: dg.DagsterRun, fallback: str |
         event = entry.dagster_event
         data = event.step_failure_data if event is not None else None
         if event is not None and data is not None and data.error is not None:
-            lines.append(f"{event.step_key}: {data.error.message.strip()}")
+            error = data.error
+            while error.cause is not None:  # Dagster wraps the op's own exception: report that one
+                error = error.cause
+            lines.append(f"{event.step_key}: {error.message.strip()}")
     return "\n".join(lines)[:4000] or (fallback or "run failed")
 
 
