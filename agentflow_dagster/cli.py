@@ -6,7 +6,7 @@ import warnings
 
 import click
 
-from agentflow_dagster.commands import stack
+from agentflow_dagster.commands import rag, stack
 
 # platformdirs (via pgserver) warns when XDG_RUNTIME_DIR is unset; it falls back to /tmp correctly.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -21,3 +21,5 @@ main.add_command(stack.up)
 main.add_command(stack.status)
 main.add_command(stack.down)
 # Other areas register their commands below, one line each.
+main.add_command(rag.ingest)
+main.add_command(rag.search)

@@ -223,6 +223,16 @@ class OpenSearchVectorStore:
             out[hit["_id"]] = fingerprint(s["version"], s["ordinal"], s["start"], s["end"])
         return out
 
+    def document_versions(self, collection: str) -> dict[str, set[str]]:
+        """Which versions of which documents the live index holds."""
+        if self.info(collection) is None:
+            return {}
+        out: dict[str, set[str]] = {}
+        query = {"query": {"match_all": {}}, "_source": ["document", "version"]}
+        for hit in helpers.scan(self.client, query=query, index=self.alias(collection), size=1000):
+            out.setdefault(hit["_source"]["document"], set()).add(hit["_source"]["version"])
+        return out
+
     # -- writes -------------------------------------------------------------------------------------
 
     def _bulk(self, lines: list[dict[str, Any]], refresh: str | bool) -> None:

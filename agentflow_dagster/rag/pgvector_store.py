@@ -174,6 +174,17 @@ class PgVectorStore:
         with self.engine.connect() as conn:
             return {r[0]: fingerprint(r[1], r[2], r[3], r[4]) for r in conn.execute(sa.text(sql))}
 
+    def document_versions(self, collection: str) -> dict[str, set[str]]:
+        """Which versions of which documents the live index holds."""
+        if self.info(collection) is None:
+            return {}
+        out: dict[str, set[str]] = {}
+        sql = f"SELECT DISTINCT document, version FROM {self.view_name(collection)}"
+        with self.engine.connect() as conn:
+            for doc, version in conn.execute(sa.text(sql)):
+                out.setdefault(doc, set()).add(version)
+        return out
+
     def stored_dims(self, collection: str) -> set[int]:
         """Distinct dimensions of the stored vectors (one value when the index is healthy)."""
         if self.info(collection) is None:

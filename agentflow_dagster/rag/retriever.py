@@ -61,8 +61,9 @@ class Retriever:
         mode = mode or self.mode
         vector = self.embedder.embed([query])[0].tolist() if mode != "text" else None
         hits = self.store.search(collection, vector=vector, text=query, k=k, filters=filters, mode=mode)
-        return [
-            Hit(
+        hits_out = []
+        for h in hits:
+            hit = Hit(
                 chunk_id=h.chunk_id,
                 text=h.text,
                 score=h.score,
@@ -76,5 +77,7 @@ class Retriever:
                 vector_rank=h.vector_rank,
                 text_rank=h.text_rank,
             )
-            for h in hits
-        ]
+            # Consumers that keep only `metadata` (agents' generic hit shape) still get the provenance.
+            hit.metadata["provenance"] = hit.provenance
+            hits_out.append(hit)
+        return hits_out

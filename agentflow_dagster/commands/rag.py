@@ -1,0 +1,156 @@
+"""`agentflow ingest` (upload documents, emit events, wait for the index) and `agentflow search`."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import click
+import sqlalchemy as sa
+
+from agentflow_dagster import names
+from agentflow_dagster.events import NAME_PATTERN, DocumentEvent
+from agentflow_dagster.rag.parsers import PARSERS
+from agentflow_dagster.rag.retriever import Retriever
+from agentflow_dagster.rag.store import VectorStore
+from agentflow_dagster.resources_env import build_resources
+from agentflow_dagster.settings import get_settings
+from resources.object_store import ObjectNotFound, validate_key
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._\-/]+")
+
+
+def _resources(*names_: str) -> dict[str, Any]:
+    """Initialized resources (EnvVar secrets resolved) from this environment's AGENTFLOW_* settings."""
+    all_resources = build_resources(get_settings())
+    return {n: all_resources[n].process_config_and_initialize() for n in names_}
+
+
+def _check_collection(collection: str) -> None:
+    if not re.match(NAME_PATTERN, collection):
+        raise click.BadParameter(f"{collection!r} must match {NAME_PATTERN}", param_hint="--collection")
+
+
+def document_files(path: Path) -> list[tuple[Path, str]]:
+    """(file, key relative to the collection) for every parseable file under `path`."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    base = path.parent if path.is_file() else path
+    out = []
+    for f in files:
+        if f.suffix.lower() not in PARSERS or any(part.startswith(".") for part in f.relative_to(base).parts):
+            continue
+        out.append((f, _UNSAFE.sub("-", f.relative_to(base).as_posix())))
+    return out
+
+
+def index_holds(
+    store: VectorStore, engine: sa.Engine, collection: str, expected: dict[str, str | None]
+) -> bool:
+    """True when the live index reflects `expected` (key -> version, None for deleted)."""
+    in_index = store.document_versions(collection)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT d.key, d.version, d.chunked_version, count(c.chunk_id) AS chunks FROM rag_documents d"
+                " LEFT JOIN rag_chunks c ON c.collection = d.collection AND c.document = d.key"
+                " WHERE d.collection = :c AND d.key = ANY(:keys) GROUP BY d.key, d.version, d.chunked_version"
+            ),
+            {"c": collection, "keys": list(expected)},
+        ).all()
+    docs = {r.key: r for r in rows}
+    for key, version in expected.items():
+        if version is None:
+            if key in in_index or key in docs:
+                return False
+            continue
+        row = docs.get(key)
+        if row is None or row.version != version or row.chunked_version != version:
+            return False
+        # A document without text (empty, or unparseable) has no chunks and never shows up in the index.
+        if row.chunks and in_index.get(key) != {version}:
+            return False
+    return True
+
+
+@click.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--collection", "-c", required=True, help="Collection (dynamic partition) to add the files to.")
+@click.option("--delete", is_flag=True, help="Remove these files from the collection instead of adding them.")
+@click.option("--wait", is_flag=True, help="Return only when the collection's index includes the change.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds --wait waits.")
+def ingest(path: Path, collection: str, delete: bool, wait: bool, timeout: float) -> None:
+    """Upload PATH (a txt/md/html/pdf file or folder) to agentflow-documents/<collection>/, emit events."""
+    _check_collection(collection)
+    files = document_files(path)
+    if not files:
+        raise click.ClickException(f"no {'/'.join(sorted(PARSERS))} files under {path}")
+    res = _resources("object_store", "kafka")
+    objects = res["object_store"].store
+    objects.ensure_bucket(names.BUCKET_DOCUMENTS)
+    producer = res["kafka"].producer()
+    expected: dict[str, str | None] = {}
+    try:
+        for file, rel in files:
+            key = validate_key(f"{collection}/{rel}")
+            try:
+                objects.stat(names.BUCKET_DOCUMENTS, key)
+                existed = True
+            except ObjectNotFound:
+                existed = False
+            action: Literal["add", "update", "delete"] = (
+                "delete" if delete else "update" if existed else "add"
+            )
+            version: str | None = None
+            if delete:
+                objects.delete(names.BUCKET_DOCUMENTS, key)
+            else:
+                version = objects.put(names.BUCKET_DOCUMENTS, key, file.read_bytes()).version
+            event = DocumentEvent(
+                event_id=f"doc-{uuid.uuid4().hex}", collection=collection, key=key, action=action
+            )
+            producer.send(
+                names.TOPIC_DOCUMENTS, key=collection.encode(), value=event.model_dump_json().encode()
+            ).get(timeout=30)
+            expected[key] = version
+            click.echo(f"{action:6} {names.BUCKET_DOCUMENTS}/{key}  event {event.event_id}")
+        producer.flush(timeout=30)
+    finally:
+        producer.close(timeout=5)
+    if not wait:
+        return
+    idx = _resources("vector_store", "postgres")
+    deadline = time.monotonic() + timeout
+    while not index_holds(idx["vector_store"].store, idx["postgres"].engine, collection, expected):
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"the index of {collection!r} did not include the change within {timeout:.0f}s: is the "
+                "dagster-daemon running (`agentflow status`) and document_sensor on?"
+            )
+        time.sleep(1.0)
+    click.echo(f"index of {collection!r} includes {len(expected)} change(s)")
+
+
+@click.command()
+@click.argument("query")
+@click.option("--collection", "-c", required=True)
+@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 100))
+@click.option("--mode", type=click.Choice(["hybrid", "vector", "text"]), default="hybrid", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of hits (for scripts).")
+def search(query: str, collection: str, k: int, mode: str, as_json: bool) -> None:
+    """Print the top K chunks of COLLECTION for QUERY with score and source document."""
+    _check_collection(collection)
+    res = _resources("embeddings", "vector_store")
+    retriever = Retriever(res["embeddings"].embedder, res["vector_store"].store)
+    hits = retriever.search(query, collection, k, mode=mode)  # type: ignore[arg-type]
+    if as_json:
+        click.echo(json.dumps([h.model_dump() for h in hits], indent=2))
+        return
+    if not hits:
+        click.echo(f"no hits in {collection!r} (is it indexed? agentflow ingest ... --wait)")
+    for i, h in enumerate(hits, start=1):
+        snippet = " ".join(h.text.split())[:160]
+        click.echo(f"{i:2}. {h.score:.4f}  {h.document} [{h.start}:{h.end}] v{h.version[:12]}\n    {snippet}")
