@@ -56,9 +56,18 @@ def _run_error(instance: dg.DagsterInstance, run: dg.DagsterRun, fallback: str |
 
 
 def _final_output(
-    conn: sa.Connection, plan_id: str, finals: Sequence[str]
+    conn: sa.Connection, plan_id: str, finals: Sequence[str], succeeded: bool
 ) -> tuple[str | None, Any, str | None]:
-    """(task_id, output, output_ref) of the newest output among the final tasks, else of any task."""
+    """(task_id, output, output_ref): the compiler's workflow output, else the newest final task output."""
+    if succeeded:
+        # The compiler's result op writes the whole workflow output (or its reference) onto the plan's row.
+        doc = conn.execute(
+            sa.text("SELECT output FROM workflow_runs WHERE plan_id = :p"), {"p": plan_id}
+        ).scalar()
+        if isinstance(doc, dict) and isinstance(doc.get("output_ref"), str):
+            return RESULT_TASK_ID, None, doc["output_ref"]
+        if doc is not None:
+            return RESULT_TASK_ID, doc, None
     rows = conn.execute(
         sa.text(
             "SELECT task_id, output, output_ref FROM task_outputs WHERE plan_id = :p "
@@ -128,7 +137,8 @@ class ResultPublisher:
             ).rowcount
             if not claimed:
                 return False
-            task_id, output, output_ref = _final_output(conn, plan_id, self.finals.get(run.job_name, ()))
+            finals = self.finals.get(run.job_name, ())
+            task_id, output, output_ref = _final_output(conn, plan_id, finals, status == "succeeded")
             result = WorkflowResult(
                 event_id=event_id,
                 plan_id=plan_id,
@@ -174,7 +184,7 @@ class ResultPublisher:
             "run_id": run.run_id,
             "status": result.status,
             "at": at,
-            "output": json.dumps(output_doc, default=str) if task_id else None,
+            "output": json.dumps(output_doc, default=str) if task_id and task_id != RESULT_TASK_ID else None,
             "error": result.error,
         }
         # A late event from an older run (e.g. one that was retried) must not overwrite a newer outcome.
@@ -183,7 +193,7 @@ class ResultPublisher:
                 f"UPDATE workflow_runs SET {_APPEND_RUN_ID}, updated_at = now(), "
                 "status = CASE WHEN finished_at IS NULL OR finished_at <= :at THEN :status ELSE status END, "
                 "output = CASE WHEN finished_at IS NULL OR finished_at <= :at "
-                "THEN CAST(:output AS jsonb) ELSE output END, "
+                "THEN COALESCE(CAST(:output AS jsonb), output) ELSE output END, "
                 "error = CASE WHEN finished_at IS NULL OR finished_at <= :at THEN :error ELSE error END, "
                 "finished_at = GREATEST(finished_at, :at) WHERE plan_id = :p"
             ),

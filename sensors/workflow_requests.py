@@ -21,12 +21,14 @@ from resources.object_store import ObjectNotFound, ObjectStoreResource
 from resources.postgres import PostgresResource
 from sensors.kafka_reader import BadRecord, KafkaRecord, KafkaTopicReader, ReaderConfig
 
-TAG_VERSION = "agentflow/version"
+# Same key as the compiled jobs' own tag, so a run and its job agree.
+TAG_VERSION = "agentflow/workflow_version"
 TAG_TRACEPARENT = "agentflow/traceparent"
 TAG_PRIORITY = "dagster/priority"
 _TRACEPARENT_RE = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
-RunConfigFn = Callable[[WorkflowRequest, str], dict[str, Any]]
+# (request, spec version, traceparent) -> run config of the workflow job.
+RunConfigFn = Callable[[WorkflowRequest, str, str], dict[str, Any]]
 
 
 class WorkflowInfo(Protocol):
@@ -37,11 +39,11 @@ class WorkflowInfo(Protocol):
     def validate_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]: ...
 
 
-def compiler_run_config(req: WorkflowRequest, version: str) -> dict[str, Any]:
-    """The spec compiler's run config for a request (imported late: ops/ is built separately)."""
+def compiler_run_config(req: WorkflowRequest, version: str, traceparent: str) -> dict[str, Any]:
+    """The spec compiler's run config for a request (imported late: ops/ imports agents and the LLM stack)."""
     from ops.compiler import request_run_config
 
-    return request_run_config(req, version)
+    return request_run_config(req, version, traceparent=traceparent)
 
 
 def trace_id_from(traceparent: str | None) -> str | None:
@@ -94,14 +96,17 @@ class RequestIntake:
             )
         req, version = self._checked_inputs(req)
 
-        traceparent = record.header("traceparent")
-        trace_id = trace_id_from(traceparent)
-        generated = trace_id is None
-        if trace_id is None:
+        header = record.header("traceparent")
+        trace_id = trace_id_from(header)
+        generated = trace_id is None or header is None
+        if trace_id is None or header is None:
+            # Still traced: the run starts a new trace, and the audit entry says it was generated.
             trace_id = secrets.token_hex(16)
             traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
+        else:
+            traceparent = header.strip().lower()
         try:
-            run_config = self.run_config(req, version)
+            run_config = self.run_config(req, version, traceparent)
         except ValueError as exc:
             raise BadRecord(f"inputs rejected by workflow {req.workflow!r}: {exc}") from exc
 
@@ -120,7 +125,7 @@ class RequestIntake:
                     names.TAG_WORKFLOW: req.workflow,
                     names.TAG_TENANT: req.tenant,
                     names.TAG_TRACE_ID: trace_id,
-                    TAG_TRACEPARENT: traceparent or "",
+                    TAG_TRACEPARENT: traceparent,
                     TAG_VERSION: version,
                     TAG_PRIORITY: str(req.priority),
                 },

@@ -14,7 +14,7 @@ def answer(context: dg.OpExecutionContext) -> dict[str, Any]:
     return dict(context.op_config)
 
 
-@dg.job(tags={"agentflow/version": "0.9"})
+@dg.job(tags={"agentflow/workflow_version": "0.9"})
 def echo_flow() -> None:
     answer()
 
@@ -36,7 +36,7 @@ class EchoSpec:
         return ["answer"]
 
 
-def echo_run_config(req: WorkflowRequest, version: str) -> dict[str, Any]:
+def echo_run_config(req: WorkflowRequest, version: str, traceparent: str) -> dict[str, Any]:
     """Stands in for ops.compiler.request_run_config."""
     config = {"plan_id": req.plan_id, "version": version, "inputs": req.inputs, "inputs_ref": req.inputs_ref}
     return {"ops": {"answer": {"config": config}}}

@@ -100,7 +100,7 @@ def test_n_events_give_n_run_requests_across_budgeted_ticks(kafka: KafkaResource
         names.TAG_TENANT: "default",
         names.TAG_TRACE_ID: TRACE,
         "agentflow/traceparent": TRACEPARENT,
-        "agentflow/version": "1.2.0",
+        "agentflow/workflow_version": "1.2.0",
         "dagster/priority": "0",
     }
     config = first.run_config["ops"]["answer"]["config"]
