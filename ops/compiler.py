@@ -2,7 +2,7 @@
 # No `from __future__ import annotations` here: Dagster reads the op's config annotation at runtime.
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import dagster as dg
@@ -163,10 +163,10 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
     )
 
 
-def build_workflow_job(spec: WorkflowSpec, retriever_key: str | None = None) -> dg.JobDefinition:
+def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -> dg.JobDefinition:
     """One job for one spec: ops wired by depends_on, fan-out through DynamicOut.map/collect."""
     request_op = make_request_op(spec)
-    task_ops = {t.task_id: make_task_op(spec, t, retriever_key) for t in spec.tasks}
+    task_ops = {t.task_id: make_task_op(spec, t, retriever_keys) for t in spec.tasks}
     result_op = make_result_op(spec)
 
     def compose() -> None:
@@ -194,6 +194,6 @@ def build_workflow_job(spec: WorkflowSpec, retriever_key: str | None = None) -> 
     )(compose)
 
 
-def build_workflow_jobs(specs: Iterable[WorkflowSpec], retriever_key: str | None = None) -> list[dg.JobDefinition]:
-    """A job per spec, named by the workflow; `retriever_key` names a resource implementing `Retriever`."""
-    return [build_workflow_job(spec, retriever_key) for spec in specs]
+def build_workflow_jobs(specs: Iterable[WorkflowSpec], retriever_keys: Sequence[str] = ()) -> list[dg.JobDefinition]:
+    """A job per spec, named by the workflow; `retriever_keys` see `ops.factory.retriever_from`."""
+    return [build_workflow_job(spec, retriever_keys) for spec in specs]

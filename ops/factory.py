@@ -2,7 +2,7 @@
 
 # No `from __future__ import annotations`: Dagster inspects the compute functions' annotations at runtime.
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
@@ -39,6 +39,21 @@ def resolve_ref(value: Any, request_inputs: dict[str, Any], upstream: dict[str, 
         return one["output"] if field is None else one["output"].get(field)
 
     return [pick(r) for r in result] if isinstance(result, list) else pick(result)
+
+
+def retriever_from(resources: Any, keys: Sequence[str]) -> Retriever | None:
+    """No keys: no retriever. One key: that resource is a Retriever. ("embeddings", "vector_store"): the RAG one."""
+    if not keys:
+        return None
+    if len(keys) == 1:
+        found = getattr(resources, keys[0])
+        if not isinstance(found, Retriever):
+            raise TypeError(f"resource {keys[0]!r} has no search(query, collection, k) method")
+        return found
+    from agentflow_dagster.rag.retriever import Retriever as RagRetriever
+
+    embeddings, vector_store = (getattr(resources, k) for k in keys)
+    return RagRetriever(embeddings.embedder, vector_store.store)
 
 
 def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:
@@ -201,7 +216,7 @@ class _TaskExecution:
             lock.release()
 
 
-def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_key: str | None = None) -> dg.OpDefinition:
+def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[str] = ()) -> dg.OpDefinition:
     """The op for one task: named by task_id, inputs from depends_on, RetryPolicy from the spec."""
     targets = fan_targets(spec, task)
     fanned = spec.fanned_tasks()
@@ -213,12 +228,13 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_key: str | None =
     outs: dict[str, dg.Out] = {"result": dg.Out(dict, description="task result with provider label and usage")}
     for target in targets:
         outs[f"fan_{target.task_id}"] = dg.DynamicOut(description=f"one {target.task_id} per element")
-    use_retriever = retriever_key is not None and task.retrieval is not None
-    resource_keys = set(BASE_RESOURCES) | ({retriever_key} if use_retriever and retriever_key else set())
+    # Only tasks that retrieve ask for the retrieval resources (loading an embedder is not free).
+    keys = tuple(retriever_keys) if task.retrieval is not None else ()
+    resource_keys = set(BASE_RESOURCES) | set(keys)
 
     def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Any]:
         execution = _TaskExecution(context, spec, task, inputs)
-        retriever = getattr(context.resources, retriever_key) if use_retriever and retriever_key else None
+        retriever = retriever_from(context.resources, keys)
         result, reused = execution.execute(retriever)
         usage = result.get("usage", {})
         metadata: dict[str, Any] = {

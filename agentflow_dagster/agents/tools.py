@@ -42,10 +42,14 @@ def coerce_hit(raw: Any, index: int) -> Hit:
         return raw
     if isinstance(raw, dict):
         data = dict(raw)
+    elif hasattr(raw, "model_dump"):
+        data = raw.model_dump()
     else:
-        data = {name: getattr(raw, name) for name in ("id", "text", "score", "source", "metadata") if hasattr(raw, name)}
-    data.setdefault("id", str(data.get("chunk_id") or f"hit-{index}"))
-    data["id"] = str(data["id"])
+        names = ("id", "chunk_id", "text", "score", "source", "document", "metadata")
+        data = {name: getattr(raw, name) for name in names if hasattr(raw, name)}
+    # agentflow_dagster.rag hits name these chunk_id and document.
+    data["id"] = str(data.get("id") or data.get("chunk_id") or f"hit-{index}")
+    data.setdefault("source", str(data.get("document") or ""))
     data.setdefault("text", str(data.get("content", "")))
     return Hit.model_validate({k: v for k, v in data.items() if k in Hit.model_fields})
 

@@ -118,7 +118,7 @@ def _check_cycles(spec: WorkflowSpec, file: str) -> None:
         for dep in deps[node]:
             if state.get(dep) == 1:
                 cycle = path[path.index(dep) :] + [node, dep] if dep in path else [node, dep]
-                raise SpecError(file, node, "depends_on", "dependency cycle: " + " -> ".join(cycle))
+                raise SpecError(file, dep, "depends_on", "dependency cycle: " + " -> ".join(cycle))
             if state.get(dep) is None:
                 visit(dep, [*path, node])
         state[node] = 2
