@@ -23,3 +23,4 @@ main.add_command(stack.down)
 # Other areas register their commands below, one line each.
 main.add_command(rag.ingest)
 main.add_command(rag.search)
+main.add_command(__import__("agentflow_dagster.commands.submit", fromlist=["submit"]).submit)
