@@ -21,6 +21,8 @@ main.add_command(stack.up)
 main.add_command(stack.status)
 main.add_command(stack.down)
 # Other areas register their commands below, one line each.
+main.add_command(__import__("agentflow_dagster.commands.keys", fromlist=["keys"]).keys)
+main.add_command(__import__("agentflow_dagster.commands.api", fromlist=["api"]).api)
 main.add_command(rag.ingest)
 main.add_command(rag.search)
 main.add_command(__import__("agentflow_dagster.commands.submit", fromlist=["submit"]).submit)

@@ -1,0 +1,37 @@
+"""`agentflow api`: serve the HTTP gateway with uvicorn."""
+
+from __future__ import annotations
+
+import click
+
+from agentflow_dagster.api.config import ApiConfig
+
+
+@click.command()
+@click.option("--host", default=None, help="Bind address (default AGENTFLOW_API_HOST or 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default AGENTFLOW_API_PORT or 8080).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
+@click.option("--no-migrate", is_flag=True, help="Skip bringing the app schema to the newest revision.")
+def api(host: str | None, port: int | None, workers: int, no_migrate: bool) -> None:
+    """Serve the gateway (OpenAPI at /openapi.json, docs at /docs)."""
+    import uvicorn
+
+    from agentflow_dagster.db import migrate
+    from agentflow_dagster.resources_env import build_resources
+    from agentflow_dagster.settings import get_settings
+
+    config = ApiConfig()
+    if not no_migrate:
+        migrate(build_resources(get_settings())["postgres"].url)
+    bind_host, bind_port = host or config.host, port or config.port
+    click.echo(f"agentflow api on http://{bind_host}:{bind_port} (OpenAPI: /openapi.json)")
+    # The factory string lets each worker process build its own clients.
+    uvicorn.run(
+        "agentflow_dagster.api.app:create_app",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=workers,
+        proxy_headers=True,
+        server_header=False,
+    )
