@@ -26,3 +26,4 @@ main.add_command(__import__("agentflow_dagster.commands.api", fromlist=["api"]).
 main.add_command(rag.ingest)
 main.add_command(rag.search)
 main.add_command(__import__("agentflow_dagster.commands.submit", fromlist=["submit"]).submit)
+main.add_command(__import__("agentflow_dagster.commands.workflows", fromlist=["workflows"]).workflows)

@@ -4,13 +4,18 @@ import dagster as dg
 
 from agentflow_dagster.resources_env import build_resources
 from agentflow_dagster.settings import get_settings
+from agentflow_dagster.workflows.loader import load_specs
 from assets.rag import COLLECTIONS, rag_assets, rag_checks, rag_index_job, rag_nightly_schedule
+from ops.compiler import build_workflow_jobs
 from sensors.documents import make_document_sensor
+
+# Agents retrieve through the RAG retriever built from these two resources.
+workflow_jobs = build_workflow_jobs(load_specs().values(), retriever_keys=("embeddings", "vector_store"))
 
 defs = dg.Definitions(
     assets=rag_assets,
     asset_checks=rag_checks,
-    jobs=[rag_index_job],
+    jobs=[rag_index_job, *workflow_jobs],
     schedules=[rag_nightly_schedule],
     sensors=[make_document_sensor(rag_index_job, COLLECTIONS)],
     resources=build_resources(get_settings()),

@@ -10,6 +10,7 @@ import dagster as dg
 from agentflow_dagster.settings import Settings
 from resources.embeddings import EmbeddingsResource
 from resources.kafka import KafkaResource
+from resources.llm import LLMResource
 from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
 from resources.redis import RedisResource
@@ -39,6 +40,11 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             access_key=_secret("AGENTFLOW_S3_ACCESS_KEY"),
             secret_key=_secret("AGENTFLOW_S3_SECRET_KEY"),
             secure=settings.s3_secure,
+        ),
+        # No endpoint configured: the labelled offline-extractive provider answers instead.
+        "llm": LLMResource(
+            base_url=_secret("OPENAI_BASE_URL") or (settings.openai_base_url or ""),
+            api_key=_secret("OPENAI_API_KEY"),
         ),
         **rag_resources(settings, postgres_url),
     }

@@ -1,1 +1,1 @@
-"""Agent-task ops: the op factory that compiles workflow specs into Dagster jobs, retry policies, idempotency."""
+"""Agent-task ops: the op factory and compiler for workflow specs, retry policies, idempotency."""

@@ -34,7 +34,9 @@ class WorkflowRequestConfig(dg.Config):
     submitted_at: str | None = None
 
 
-def request_run_config(req: WorkflowRequest, version: str, *, traceparent: str | None = None) -> dict[str, Any]:
+def request_run_config(
+    req: WorkflowRequest, version: str, *, traceparent: str | None = None
+) -> dict[str, Any]:
     """Run config for a workflow job; inputs stay inline only when the request has no inputs_ref."""
     config = {
         "plan_id": req.plan_id,
@@ -57,6 +59,11 @@ def trace_id_of(traceparent: str | None) -> str | None:
     return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
 
 
+def op_def_name(spec: WorkflowSpec, node: str) -> str:
+    """Op definition names are unique per code location; nodes in the job keep the plain task_id."""
+    return f"{spec.name}__{node}"
+
+
 def split_ref(ref: str) -> tuple[str, str]:
     """(bucket, key) of `s3://bucket/key`, or of a plain key in the artifacts bucket."""
     if ref.startswith("s3://"):
@@ -69,7 +76,7 @@ def make_request_op(spec: WorkflowSpec) -> dg.OpDefinition:
     """Root op: check the request against the spec, load inputs by reference, open the workflow run."""
 
     @dg.op(
-        name="request",
+        name=op_def_name(spec, "request"),
         out=dg.Out(dict),
         required_resource_keys={"postgres", "object_store"},
         description=f"workflow request for {spec.name} {spec.version}",
@@ -78,7 +85,8 @@ def make_request_op(spec: WorkflowSpec) -> dg.OpDefinition:
         pg = context.resources.postgres
         if (config.workflow, config.version) != (spec.name, spec.version):
             raise dg.Failure(
-                f"run config is for {config.workflow} {config.version} but this job runs {spec.name} {spec.version}",
+                f"run config is for {config.workflow} {config.version} "
+                f"but this job runs {spec.name} {spec.version}",
                 allow_retries=False,
             )
         try:
@@ -106,20 +114,24 @@ def make_request_op(spec: WorkflowSpec) -> dg.OpDefinition:
             request["inputs"] = spec.validate_inputs(raw)
         except InputError as exc:
             history.finish_workflow(pg.engine, config.plan_id, "failed", error=str(exc))
-            pg.audit(ACTOR, "workflow.rejected", config.plan_id, spec.name, error=str(exc), run_id=context.run_id)
+            pg.audit(
+                ACTOR, "workflow.rejected", config.plan_id, spec.name, error=str(exc), run_id=context.run_id
+            )
             raise dg.Failure(str(exc), allow_retries=False) from exc
         pg.audit(
             ACTOR, "workflow.running", config.plan_id, spec.name, version=spec.version, run_id=context.run_id,
             event_id=config.event_id, tenant=config.tenant,
         )  # fmt: skip
-        context.add_output_metadata({"plan_id": config.plan_id, "workflow": spec.name, "version": spec.version})
+        context.add_output_metadata(
+            {"plan_id": config.plan_id, "workflow": spec.name, "version": spec.version}
+        )
         return request
 
     return request
 
 
 def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
-    """Terminal op: the outputs of the sink tasks become the workflow's output; the run is marked succeeded."""
+    """Terminal op: the result tasks' outputs become the workflow's output; the run is marked succeeded."""
     sinks = spec.result_tasks()
     fanned = spec.fanned_tasks()
     ins: dict[str, dg.In] = {"request": dg.In(dict)}
@@ -134,7 +146,7 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
             return [r["output"] for r in value] if isinstance(value, list) else value["output"]
 
         flat = [r for s in sinks for r in (results[s] if isinstance(results[s], list) else [results[s]])]
-        output = {
+        output: dict[str, Any] = {
             "workflow": spec.name,
             "version": spec.version,
             "providers": sorted({r["provider"] for r in flat}),
@@ -151,11 +163,13 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
             stored = {"output_ref": f"s3://{BUCKET_ARTIFACTS}/{key}", "providers": output["providers"]}
         history.finish_workflow(pg.engine, request["plan_id"], "succeeded", output=stored)
         pg.audit(ACTOR, "workflow.succeeded", request["plan_id"], spec.name, run_id=context.run_id)
-        yield dg.Output(output, metadata={"providers": ", ".join(output["providers"]), "offline": output["offline"]})
+        yield dg.Output(
+            output, metadata={"providers": ", ".join(output["providers"]), "offline": output["offline"]}
+        )
 
     return dg.OpDefinition(
         compute_fn=compute,
-        name=RESULT_OP,
+        name=op_def_name(spec, RESULT_OP),
         ins=ins,
         outs={"result": dg.Out(dict)},
         description=f"result of {spec.name}: outputs of {', '.join(sinks)}",
@@ -170,7 +184,7 @@ def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -
     result_op = make_result_op(spec)
 
     def compose() -> None:
-        req = request_op()
+        req = request_op.alias("request")()
         results: dict[str, Any] = {}
         handles: dict[str, Any] = {}  # the full output handle of each op (named outputs for fan sources)
         for task_id in spec.topological_order():
@@ -179,13 +193,14 @@ def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -
             kwargs = {"request": req, **{dep: results[dep] for dep in task.depends_on}}
             if task.fan_out is not None:
                 dynamic = getattr(handles[task.fan_out.source_task], f"fan_{task_id}")
-                mapped = dynamic.map(lambda item, op_def=op_def, kwargs=kwargs: op_def(item=item, **kwargs))
+                node = op_def.alias(task_id)
+                mapped = dynamic.map(lambda item, node=node, kwargs=kwargs: node(item=item, **kwargs))
                 results[task_id] = mapped.collect()
                 continue
-            handle = op_def(**kwargs)
+            handle = op_def.alias(task_id)(**kwargs)
             handles[task_id] = handle
             results[task_id] = handle.result if len(op_def.output_defs) > 1 else handle
-        result_op(request=req, **{s: results[s] for s in spec.result_tasks()})
+        result_op.alias(RESULT_OP)(request=req, **{s: results[s] for s in spec.result_tasks()})
 
     return dg.job(
         name=spec.name,
@@ -194,6 +209,8 @@ def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -
     )(compose)
 
 
-def build_workflow_jobs(specs: Iterable[WorkflowSpec], retriever_keys: Sequence[str] = ()) -> list[dg.JobDefinition]:
+def build_workflow_jobs(
+    specs: Iterable[WorkflowSpec], retriever_keys: Sequence[str] = ()
+) -> list[dg.JobDefinition]:
     """A job per spec, named by the workflow; `retriever_keys` see `ops.factory.retriever_from`."""
     return [build_workflow_job(spec, retriever_keys) for spec in specs]

@@ -21,8 +21,10 @@ ACTOR = "agentflow.ops"
 BASE_RESOURCES = frozenset({"postgres", "redis", "llm", "object_store"})
 
 
-def resolve_ref(value: Any, request_inputs: dict[str, Any], upstream: dict[str, Any], item: Any = None) -> Any:
-    """Resolve `$request.x`, `$tasks.id[.field]` (a list for fanned-out tasks) and `$item`; literals pass through."""
+def resolve_ref(
+    value: Any, request_inputs: dict[str, Any], upstream: dict[str, Any], item: Any = None
+) -> Any:
+    """Resolve `$request.x`, `$tasks.id[.field]` (a list for fanned-out tasks) and `$item`; else literal."""
     if not (isinstance(value, str) and value.startswith("$")):
         return value
     match = REF_RE.match(value)
@@ -42,7 +44,7 @@ def resolve_ref(value: Any, request_inputs: dict[str, Any], upstream: dict[str, 
 
 
 def retriever_from(resources: Any, keys: Sequence[str]) -> Retriever | None:
-    """No keys: no retriever. One key: that resource is a Retriever. ("embeddings", "vector_store"): the RAG one."""
+    """No keys: none; one key: a Retriever resource; ("embeddings", "vector_store"): the RAG retriever."""
     if not keys:
         return None
     if len(keys) == 1:
@@ -64,7 +66,9 @@ def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:
 class _TaskExecution:
     """State of one op attempt: resources, keys and the history rows it writes."""
 
-    def __init__(self, context: dg.OpExecutionContext, spec: WorkflowSpec, task: TaskSpec, inputs: dict[str, Any]):
+    def __init__(
+        self, context: dg.OpExecutionContext, spec: WorkflowSpec, task: TaskSpec, inputs: dict[str, Any]
+    ):
         self.context, self.spec, self.task = context, spec, task
         self.request: dict[str, Any] = inputs["request"]
         self.plan_id: str = self.request["plan_id"]
@@ -109,7 +113,9 @@ class _TaskExecution:
     def run_role(self, role: AgentRole, retriever: Retriever | None) -> AgentRun:
         """Run one agent once, recorded as one `task_runs` row."""
         engine = self.pg.engine
-        row = history.start_task_run(engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt)
+        row = history.start_task_run(
+            engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt
+        )
         self.audit("task.started", agent=role.name, attempt=self.attempt)
         recorder = PostgresCallRecorder(
             engine, self.plan_id, self.task_key, self.context.run_id, self.request.get("trace_id")
@@ -138,7 +144,12 @@ class _TaskExecution:
             raise
         u = run.usage
         history.finish_task_run(
-            engine, row, "succeeded", input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd
+            engine,
+            row,
+            "succeeded",
+            input_tokens=u.input_tokens,
+            output_tokens=u.output_tokens,
+            cost_usd=u.cost_usd,
         )
         self.audit("task.succeeded", agent=role.name, attempt=self.attempt, provider=run.provider)
         return run
@@ -154,7 +165,9 @@ class _TaskExecution:
             if not self.task.fallback_agent:
                 self.fail_workflow(str(exc))
                 raise dg.Failure(f"{self.task_key}: {exc}", allow_retries=False) from exc
-            self.context.log.warning(f"{self.task_key}: {exc}; running fallback agent {self.task.fallback_agent!r}")
+            self.context.log.warning(
+                f"{self.task_key}: {exc}; running fallback agent {self.task.fallback_agent!r}"
+            )
             self.audit("task.fallback", agent=self.task.fallback_agent, error=str(exc))
         try:
             return self.run_role(get_agent(self.task.fallback_agent), retriever), True
@@ -185,7 +198,9 @@ class _TaskExecution:
 
     def record_reuse(self) -> None:
         engine = self.pg.engine
-        row = history.start_task_run(engine, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt)
+        row = history.start_task_run(
+            engine, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt
+        )
         history.finish_task_run(engine, row, "succeeded", reused=True)
         self.audit("task.reused", input_digest=self.digest)
 
@@ -201,7 +216,9 @@ class _TaskExecution:
             ttl_ms=int((self.task.timeout_s + 60) * 1000),
         )
         if not wait_for_lock(lock, self.task.timeout_s + 30):
-            raise RuntimeError(f"{self.task_key} of {self.plan_id} is running on another worker ({lock.holder()})")
+            raise RuntimeError(
+                f"{self.task_key} of {self.plan_id} is running on another worker ({lock.holder()})"
+            )
         try:
             # The worker that held the lock may have finished this task while we waited.
             cached = self.store.get(self.plan_id, self.task_key, self.digest)
@@ -225,7 +242,9 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
         ins[dep] = dg.In(list if dep in fanned else dict, description=f"result of task {dep}")
     if task.fan_out is not None:
         ins["item"] = dg.In(description=f"one element of {task.fan_out.over}")
-    outs: dict[str, dg.Out] = {"result": dg.Out(dict, description="task result with provider label and usage")}
+    outs: dict[str, dg.Out] = {
+        "result": dg.Out(dict, description="task result with provider label and usage")
+    }
     for target in targets:
         outs[f"fan_{target.task_id}"] = dg.DynamicOut(description=f"one {target.task_id} per element")
     # Only tasks that retrieve ask for the retrieval resources (loading an embedder is not free).
@@ -252,7 +271,9 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
             "latency_ms": 0.0 if reused else float(usage.get("latency_ms", 0.0)),
         }
         if result["offline"]:
-            context.log.info(f"{execution.task_key}: answered by the offline-extractive provider (no LLM endpoint)")
+            context.log.info(
+                f"{execution.task_key}: answered by the offline-extractive provider (no LLM endpoint)"
+            )
         yield dg.Output(result, "result", metadata=metadata)
         for target in targets:
             assert target.fan_out is not None
@@ -262,7 +283,7 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
 
     return dg.OpDefinition(
         compute_fn=compute,
-        name=task.task_id,
+        name=f"{spec.name}__{task.task_id}",  # unique per code location; the job's node is the task_id
         ins=ins,
         outs=outs,
         description=task.description or f"{task.agent} agent task of workflow {spec.name}",

@@ -13,13 +13,14 @@ def upsert_workflow_running(engine: sa.Engine, request: dict[str, Any], run_id: 
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO workflow_runs (plan_id, event_id, workflow, version, tenant, status, trace_id, inputs, "
-                "dagster_run_ids, submitted_at, started_at, updated_at) VALUES (:plan_id, :event_id, :workflow, "
-                ":version, :tenant, 'running', :trace_id, CAST(:inputs AS jsonb), jsonb_build_array(CAST(:run_id AS text)), "
-                "CAST(:submitted_at AS timestamptz), now(), now()) "
+                "INSERT INTO workflow_runs (plan_id, event_id, workflow, version, tenant, status, trace_id, "
+                "inputs, dagster_run_ids, submitted_at, started_at, updated_at) VALUES (:plan_id, :event_id, "
+                ":workflow, :version, :tenant, 'running', :trace_id, CAST(:inputs AS jsonb), "
+                "jsonb_build_array(CAST(:run_id AS text)), CAST(:submitted_at AS timestamptz), now(), now()) "
                 "ON CONFLICT (plan_id) DO UPDATE SET status = 'running', error = NULL, finished_at = NULL, "
                 "updated_at = now(), started_at = COALESCE(workflow_runs.started_at, now()), "
-                "dagster_run_ids = CASE WHEN workflow_runs.dagster_run_ids @> jsonb_build_array(CAST(:run_id AS text)) "
+                "dagster_run_ids = CASE "
+                "WHEN workflow_runs.dagster_run_ids @> jsonb_build_array(CAST(:run_id AS text)) "
                 "THEN workflow_runs.dagster_run_ids "
                 "ELSE workflow_runs.dagster_run_ids || jsonb_build_array(CAST(:run_id AS text)) END"
             ),
@@ -38,20 +39,26 @@ def upsert_workflow_running(engine: sa.Engine, request: dict[str, Any], run_id: 
 
 
 def finish_workflow(
-    engine: sa.Engine, plan_id: str, status: str, output: dict[str, Any] | None = None, error: str | None = None
+    engine: sa.Engine,
+    plan_id: str,
+    status: str,
+    output: dict[str, Any] | None = None,
+    error: str | None = None,
 ) -> None:
     """Set the final status (succeeded or failed) with the output or the error."""
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "UPDATE workflow_runs SET status = :s, output = CAST(:o AS jsonb), error = :e, finished_at = now(), "
-                "updated_at = now() WHERE plan_id = :p"
+                "UPDATE workflow_runs SET status = :s, output = CAST(:o AS jsonb), error = :e, "
+                "finished_at = now(), updated_at = now() WHERE plan_id = :p"
             ),
             {"s": status, "o": json.dumps(output) if output is not None else None, "e": error, "p": plan_id},
         )
 
 
-def start_task_run(engine: sa.Engine, plan_id: str, task_key: str, agent: str, run_id: str, attempt: int) -> int:
+def start_task_run(
+    engine: sa.Engine, plan_id: str, task_key: str, agent: str, run_id: str, attempt: int
+) -> int:
     """Open a `task_runs` row for one attempt; returns its id."""
     with engine.begin() as conn:
         return int(
@@ -80,8 +87,8 @@ def finish_task_run(
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "UPDATE task_runs SET status = :s, error = :e, input_tokens = :i, output_tokens = :o, cost_usd = :c, "
-                "reused = :reused, finished_at = now() WHERE id = :id"
+                "UPDATE task_runs SET status = :s, error = :e, input_tokens = :i, output_tokens = :o, "
+                "cost_usd = :c, reused = :reused, finished_at = now() WHERE id = :id"
             ),
             {
                 "s": status,

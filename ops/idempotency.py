@@ -50,7 +50,9 @@ class TaskOutputStore:
             return loaded
         return dict(row.output) if row.output is not None else None
 
-    def put(self, plan_id: str, task_key: str, digest: str, agent: str, provider: str, result: dict[str, Any]) -> None:
+    def put(
+        self, plan_id: str, task_key: str, digest: str, agent: str, provider: str, result: dict[str, Any]
+    ) -> None:
         """Store a completed result; the first writer wins (the lock makes a second one rare)."""
         blob = json.dumps(result, ensure_ascii=False, default=str)
         output: str | None = blob
@@ -63,8 +65,8 @@ class TaskOutputStore:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.text(
-                    "INSERT INTO task_outputs (plan_id, task_id, input_digest, agent, output, output_ref, provider) "
-                    "VALUES (:p, :t, :d, :a, CAST(:o AS jsonb), :r, :pr) ON CONFLICT DO NOTHING"
+                    "INSERT INTO task_outputs (plan_id, task_id, input_digest, agent, output, output_ref, "
+                    "provider) VALUES (:p, :t, :d, :a, CAST(:o AS jsonb), :r, :pr) ON CONFLICT DO NOTHING"
                 ),
                 {"p": plan_id, "t": task_key, "d": digest, "a": agent, "o": output, "r": ref, "pr": provider},
             )

@@ -49,7 +49,9 @@ def _role(
     tools: frozenset[str] = frozenset(),
     profile: str = "default",
 ) -> AgentRole:
-    prompt = ChatPromptTemplate.from_messages([("system", instructions + SAFETY_RULES), ("human", HUMAN_TEMPLATE)])
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", instructions + SAFETY_RULES), ("human", HUMAN_TEMPLATE)]
+    )
     return AgentRole(name, instructions, prompt, output, tools, profile)
 
 

@@ -1,4 +1,4 @@
-"""Run one agent: retrieve (when allowed), prompt, call the LLM, validate, re-ask with the error when invalid."""
+"""Run one agent: retrieve (if allowed), prompt, call the LLM, validate, re-ask with the error if invalid."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def render_untrusted(result: RetrievalResult | None) -> str:
     return "\n".join(blocks)
 
 
-def build_messages(role: AgentRole, inputs: dict[str, Any], retrieval: RetrievalResult | None) -> list[dict[str, str]]:
+def build_messages(
+    role: AgentRole, inputs: dict[str, Any], retrieval: RetrievalResult | None
+) -> list[dict[str, str]]:
     """The role's prompt rendered for these inputs, as OpenAI chat messages."""
     rendered = role.prompt.format_messages(
         inputs=json.dumps(inputs, indent=2, ensure_ascii=False, default=str),
@@ -94,11 +96,13 @@ def run_agent(
     recorder: Recorder | None = None,
     deadline: float | None = None,
 ) -> AgentRun:
-    """Produce `role.output` for `inputs`; schema failures are re-asked at most `role.max_schema_retries` times."""
+    """Produce `role.output` for `inputs`; a schema failure is re-asked `role.max_schema_retries` times."""
     retrieval = None
     if retrieval_request is not None:
         if RETRIEVAL not in role.tools:
-            raise AgentError(f"agent {role.name!r} may not use retrieval", role.name, Usage(), retryable=False)
+            raise AgentError(
+                f"agent {role.name!r} may not use retrieval", role.name, Usage(), retryable=False
+            )
         query, collection, k = retrieval_request
         retrieval = retrieve(retriever, query, collection, k)
     messages = build_messages(role, inputs, retrieval)
@@ -136,10 +140,18 @@ def run_agent(
             ]
             continue
         return AgentRun(
-            role.name, output.model_dump(mode="json"), result.provider, result.model, usage, round_, retrieval, waits
+            role.name,
+            output.model_dump(mode="json"),
+            result.provider,
+            result.model,
+            usage,
+            round_,
+            retrieval,
+            waits,
         )
     raise AgentError(
-        f"agent {role.name!r}: output failed its schema {role.max_schema_retries + 1} times; last error: {last_error}",
+        f"agent {role.name!r}: output failed its schema {role.max_schema_retries + 1} times; "
+        f"last error: {last_error}",
         role.name,
         usage,
     )

@@ -1,4 +1,4 @@
-"""Tools agents may use; retrieval goes through the `Retriever` protocol implemented in `agentflow_dagster.rag`."""
+"""Tools agents may use; retrieval goes through the `Retriever` protocol (implemented in `rag/`)."""
 
 from __future__ import annotations
 

@@ -25,8 +25,52 @@ from agentflow_dagster.llm.types import (
 _SENTENCE_RE = re.compile(r"(?<=[.!?])\s+|\n+")
 _WORD_RE = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    "a an the and or of to in on for with is are was were be been it this that as at by from i my we our "
-    "you your me can not do does did have has had will would should could please".split()
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "of",
+        "to",
+        "in",
+        "on",
+        "for",
+        "with",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "it",
+        "this",
+        "that",
+        "as",
+        "at",
+        "by",
+        "from",
+        "i",
+        "my",
+        "we",
+        "our",
+        "you",
+        "your",
+        "me",
+        "can",
+        "not",
+        "do",
+        "does",
+        "did",
+        "have",
+        "has",
+        "had",
+        "will",
+        "would",
+        "should",
+        "could",
+        "please",
+    ]
 )
 # Keywords that make enum choices meaningful without a model (billing vs technical, urgency, ...).
 _LEXICON: dict[str, tuple[str, ...]] = {
@@ -116,7 +160,10 @@ class _Composer:
 
     def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
         while "$ref" in schema:
-            schema = {**self.defs[schema["$ref"].split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
+            schema = {
+                **self.defs[schema["$ref"].split("/")[-1]],
+                **{k: v for k, v in schema.items() if k != "$ref"},
+            }
         if "anyOf" in schema:
             options = [s for s in schema["anyOf"] if s.get("type") != "null"]
             schema = {**self._resolve(options[0]), **{k: v for k, v in schema.items() if k != "anyOf"}}
@@ -243,4 +290,6 @@ class OfflineExtractiveProvider:
                     finish_reason="stop",
                 )
             )
-        return ChatResult(content, tokens_in, tokens_out, "stop", latency_ms, OFFLINE_MODEL, OFFLINE_PROVIDER, 1)
+        return ChatResult(
+            content, tokens_in, tokens_out, "stop", latency_ms, OFFLINE_MODEL, OFFLINE_PROVIDER, 1
+        )

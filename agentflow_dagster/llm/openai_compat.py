@@ -122,13 +122,18 @@ class OpenAICompatProvider:
         try:
             resp = self.client.chat.completions.create(**kwargs)
         except openai.RateLimitError as exc:
-            raise _Retryable(f"429 rate limited: {exc.message}", retry_after_seconds(exc.response.headers)) from exc
+            raise _Retryable(
+                f"429 rate limited: {exc.message}", retry_after_seconds(exc.response.headers)
+            ) from exc
         except openai.APIStatusError as exc:
             if exc.status_code >= 500 or exc.status_code in (408, 409):
                 raise _Retryable(
-                    f"{exc.status_code} server error: {exc.message}", retry_after_seconds(exc.response.headers)
+                    f"{exc.status_code} server error: {exc.message}",
+                    retry_after_seconds(exc.response.headers),
                 ) from exc
-            raise LLMError(f"{exc.status_code} rejected by {self.name}: {exc.message}", retryable=False) from exc
+            raise LLMError(
+                f"{exc.status_code} rejected by {self.name}: {exc.message}", retryable=False
+            ) from exc
         except openai.APITimeoutError as exc:
             raise _Retryable(f"timed out after {timeout:.1f}s") from exc
         except openai.APIConnectionError as exc:

@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from agentflow_dagster.llm.types import CallAttempt
 
 _INSERT = sa.text(
-    "INSERT INTO llm_calls (plan_id, task_id, run_id, trace_id, provider, model, prompt, response, latency_ms, "
-    "input_tokens, output_tokens, cost_usd, finish_reason, attempt, error) VALUES (:plan_id, :task_id, :run_id, "
-    ":trace_id, :provider, :model, CAST(:prompt AS jsonb), :response, :latency_ms, :input_tokens, :output_tokens, "
-    ":cost_usd, :finish_reason, :attempt, :error)"
+    "INSERT INTO llm_calls (plan_id, task_id, run_id, trace_id, provider, model, prompt, response, "
+    "latency_ms, input_tokens, output_tokens, cost_usd, finish_reason, attempt, error) "
+    "VALUES (:plan_id, :task_id, :run_id, :trace_id, :provider, :model, CAST(:prompt AS jsonb), :response, "
+    ":latency_ms, :input_tokens, :output_tokens, :cost_usd, :finish_reason, :attempt, :error)"
 )
 
 

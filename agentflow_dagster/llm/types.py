@@ -16,7 +16,7 @@ _FENCE_RE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 @dataclass
 class ChatRequest:
-    """One chat completion request; `grounding` (task inputs, retrieved hits) feeds the offline provider only."""
+    """One chat request; `grounding` (task inputs, retrieved hits) is read by the offline provider only."""
 
     messages: list[dict[str, str]]
     model: str
@@ -67,7 +67,9 @@ Recorder = Callable[[CallAttempt], None]
 class LLMError(RuntimeError):
     """An LLM call failed; `retryable` says whether trying again later may succeed."""
 
-    def __init__(self, message: str, retryable: bool = True, waits: list[float] | None = None, attempts: int = 0):
+    def __init__(
+        self, message: str, retryable: bool = True, waits: list[float] | None = None, attempts: int = 0
+    ):
         super().__init__(message)
         self.retryable = retryable
         self.waits = waits or []

@@ -26,7 +26,7 @@ from agentflow_dagster.workflows.spec import (
 SPECS_DIR = Path(__file__).parent / "specs"
 
 
-def _loc(err: dict[str, Any]) -> str:
+def _loc(err: Any) -> str:
     return ".".join(str(p) for p in err["loc"]) or "(root)"
 
 
@@ -37,11 +37,15 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
 
 def _parse(raw: Any, file: str) -> WorkflowSpec:
     if not isinstance(raw, dict):
-        raise SpecError(file, None, None, "a spec must be a YAML mapping with name, version, inputs and tasks")
+        raise SpecError(
+            file, None, None, "a spec must be a YAML mapping with name, version, inputs and tasks"
+        )
     raw = dict(raw)
     raw_inputs = raw.pop("inputs", None) or {}
     if not isinstance(raw_inputs, dict):
-        raise SpecError(file, None, "inputs", "inputs must be a mapping of input name to {type, required, ...}")
+        raise SpecError(
+            file, None, "inputs", "inputs must be a mapping of input name to {type, required, ...}"
+        )
     inputs: list[InputField] = []
     for name, body in raw_inputs.items():
         try:
@@ -78,7 +82,10 @@ def _check_ref(spec: WorkflowSpec, task: TaskSpec, field: str, value: Any, file:
     match = REF_RE.match(value)
     if not match:
         raise SpecError(
-            file, task.task_id, field, f"bad reference {value!r}; use $request.<input>, $tasks.<id>[.<field>] or $item"
+            file,
+            task.task_id,
+            field,
+            f"bad reference {value!r}; use $request.<input>, $tasks.<id>[.<field>] or $item",
         )
     scope, name, out_field = match["scope"], match["name"], match["field"]
     if scope == "item":
@@ -135,7 +142,9 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
         if task.task_id in seen:
             raise SpecError(file, task.task_id, "task_id", "duplicate task_id; task ids must be unique")
         if task.task_id in RESERVED_TASK_IDS:
-            raise SpecError(file, task.task_id, "task_id", f"reserved name; avoid {sorted(RESERVED_TASK_IDS)}")
+            raise SpecError(
+                file, task.task_id, "task_id", f"reserved name; avoid {sorted(RESERVED_TASK_IDS)}"
+            )
         seen.add(task.task_id)
     fanned = spec.fanned_tasks()
     for task in spec.tasks:
@@ -148,11 +157,14 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
                 task.task_id,
                 "fallback_agent",
                 f"{task.fallback_agent!r} outputs {AGENTS[task.fallback_agent].output.__name__}, "
-                f"but {task.agent!r} outputs {AGENTS[task.agent].output.__name__}; downstream refs need the same schema",
+                f"but {task.agent!r} outputs {AGENTS[task.agent].output.__name__}; "
+                "downstream refs need the same schema",
             )
         for i, dep in enumerate(task.depends_on):
             if dep not in seen:
-                raise SpecError(file, task.task_id, f"depends_on[{i}]", f"unknown task {dep!r}; tasks: {sorted(seen)}")
+                raise SpecError(
+                    file, task.task_id, f"depends_on[{i}]", f"unknown task {dep!r}; tasks: {sorted(seen)}"
+                )
             if dep == task.task_id:
                 raise SpecError(file, task.task_id, "depends_on", f"dependency cycle: {dep} -> {dep}")
         if len(set(task.depends_on)) != len(task.depends_on):
@@ -161,7 +173,9 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
             _check_ref(spec, task, f"inputs.{key}", value, file)
         if task.retrieval is not None:
             if RETRIEVAL not in AGENTS[task.agent].tools:
-                raise SpecError(file, task.task_id, "retrieval", f"agent {task.agent!r} may not use retrieval")
+                raise SpecError(
+                    file, task.task_id, "retrieval", f"agent {task.agent!r} may not use retrieval"
+                )
             _check_ref(spec, task, "retrieval.collection", task.retrieval.collection, file)
             _check_ref(spec, task, "retrieval.query", task.retrieval.query, file)
         if task.fan_out is not None:
@@ -170,9 +184,13 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
                 raise SpecError(file, task.task_id, "fan_out.over", "must be $tasks.<task_id>.<list field>")
             _check_ref(spec, task, "fan_out.over", task.fan_out.over, file)
             if source in fanned:
-                raise SpecError(file, task.task_id, "fan_out.over", f"{source!r} is itself fanned out; nest no deeper")
+                raise SpecError(
+                    file, task.task_id, "fan_out.over", f"{source!r} is itself fanned out; nest no deeper"
+                )
             if not _is_list_field(AGENTS[spec.task(source).agent].output, field):
-                raise SpecError(file, task.task_id, "fan_out.over", f"{task.fan_out.over!r} is not a list field")
+                raise SpecError(
+                    file, task.task_id, "fan_out.over", f"{task.fan_out.over!r} is not a list field"
+                )
     for i, name in enumerate(spec.outputs):
         if name not in seen:
             raise SpecError(file, None, f"outputs[{i}]", f"unknown task {name!r}; tasks: {sorted(seen)}")
@@ -199,7 +217,12 @@ def load_specs(directory: str | Path | None = None) -> dict[str, WorkflowSpec]:
     for path in sorted(Path(directory or SPECS_DIR).glob("*.yaml")):
         spec = load_spec_file(path)
         if spec.name in specs:
-            raise SpecError(str(path), None, "name", f"workflow {spec.name!r} is also defined in {specs[spec.name].source_file}")
+            raise SpecError(
+                str(path),
+                None,
+                "name",
+                f"workflow {spec.name!r} is also defined in {specs[spec.name].source_file}",
+            )
         specs[spec.name] = spec
     return specs
 
@@ -219,9 +242,9 @@ def register_specs(engine: sa.Engine, specs: Iterable[WorkflowSpec]) -> list[tup
             }
             inserted = conn.execute(
                 sa.text(
-                    "INSERT INTO workflow_definitions (name, version, spec_hash, description, spec, source_file) "
-                    "VALUES (:n, :v, :h, :d, CAST(:s AS jsonb), :f) ON CONFLICT (name, version) DO NOTHING "
-                    "RETURNING name"
+                    "INSERT INTO workflow_definitions (name, version, spec_hash, description, spec, "
+                    "source_file) VALUES (:n, :v, :h, :d, CAST(:s AS jsonb), :f) "
+                    "ON CONFLICT (name, version) DO NOTHING RETURNING name"
                 ),
                 params,
             ).first()

@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 TASK_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Op and input names the compiler itself uses; a task may not take them.
 RESERVED_TASK_IDS = frozenset({"request", "workflow_result", "item", "result"})
-REF_RE = re.compile(r"^\$(?P<scope>request|tasks|item)(?:\.(?P<name>[a-z][a-z0-9_]*))?(?:\.(?P<field>[a-z][a-z0-9_]*))?$")
+REF_RE = re.compile(
+    r"^\$(?P<scope>request|tasks|item)(?:\.(?P<name>[a-z][a-z0-9_]*))?(?:\.(?P<field>[a-z][a-z0-9_]*))?$"
+)
 
 InputType = Literal["string", "integer", "number", "boolean", "object", "array"]
 _PY_TYPES: dict[str, tuple[type, ...]] = {
@@ -123,7 +125,9 @@ class WorkflowSpec(BaseModel):
     description: str = ""
     inputs: list[InputField] = Field(default_factory=list)
     tasks: list[TaskSpec] = Field(min_length=1)
-    outputs: list[str] = Field(default_factory=list, description="tasks whose outputs form the result (default: sinks)")
+    outputs: list[str] = Field(
+        default_factory=list, description="tasks whose outputs form the result (default: sinks)"
+    )
     source_file: str = Field(default="", exclude=True)
 
     def task(self, task_id: str) -> TaskSpec:
@@ -176,13 +180,16 @@ class WorkflowSpec(BaseModel):
         unknown = sorted(set(inputs) - set(declared))
         if unknown:
             raise InputError(
-                f"workflow {self.name!r} got undeclared inputs {unknown}; declared: {sorted(declared) or 'none'}"
+                f"workflow {self.name!r} got undeclared inputs {unknown}; "
+                f"declared: {sorted(declared) or 'none'}"
             )
         out: dict[str, Any] = {}
         for name, field in declared.items():
             if name not in inputs or inputs[name] is None:
                 if field.required and field.default is None:
-                    raise InputError(f"workflow {self.name!r}: required input {name!r} ({field.type}) is missing")
+                    raise InputError(
+                        f"workflow {self.name!r}: required input {name!r} ({field.type}) is missing"
+                    )
                 if field.default is not None:
                     out[name] = field.default
                 continue
@@ -192,10 +199,15 @@ class WorkflowSpec(BaseModel):
                 raise InputError(
                     f"workflow {self.name!r}: input {name!r} must be {field.type}, got {type(value).__name__}"
                 )
-            if field.max_length is not None and isinstance(value, str | list) and len(value) > field.max_length:
+            if (
+                field.max_length is not None
+                and isinstance(value, str | list)
+                and len(value) > field.max_length
+            ):
                 unit = "characters" if isinstance(value, str) else "items"
                 raise InputError(
-                    f"workflow {self.name!r}: input {name!r} has {len(value)} {unit}, max_length is {field.max_length}"
+                    f"workflow {self.name!r}: input {name!r} has {len(value)} {unit}, "
+                    f"max_length is {field.max_length}"
                 )
             out[name] = value
         return out

@@ -35,7 +35,9 @@ def server() -> Iterator[LLMTestServer]:
 
 
 def _provider(server: LLMTestServer) -> OpenAICompatProvider:
-    return OpenAICompatProvider(server.base_url, "", timeout_s=2.0, policy=BackoffPolicy(max_attempts=2, base_delay_s=0.01))
+    return OpenAICompatProvider(
+        server.base_url, "", timeout_s=2.0, policy=BackoffPolicy(max_attempts=2, base_delay_s=0.01)
+    )
 
 
 def test_schema_failure_is_fed_back(server: LLMTestServer) -> None:
@@ -73,7 +75,9 @@ def test_retrieved_text_is_delimited_and_escaped() -> None:
 
 
 def test_retrieval_uses_the_retriever_and_grounds_offline_answers() -> None:
-    retriever = ListRetriever([{"chunk_id": "c-1", "text": "Paris is the capital of France.", "document": "geo.md"}])
+    retriever = ListRetriever(
+        [{"chunk_id": "c-1", "text": "Paris is the capital of France.", "document": "geo.md"}]
+    )
     run = run_agent(
         get_agent("researcher"),
         {"question": "What is the capital of France?"},
@@ -96,6 +100,10 @@ def test_no_retriever_returns_nothing_and_says_so() -> None:
 def test_retrieval_refused_for_agents_without_the_tool() -> None:
     with pytest.raises(AgentError, match="may not use retrieval") as info:
         run_agent(
-            AGENTS["planner"], {}, provider=OfflineExtractiveProvider(), model="m", retrieval_request=("q", "c", 1)
+            AGENTS["planner"],
+            {},
+            provider=OfflineExtractiveProvider(),
+            model="m",
+            retrieval_request=("q", "c", 1),
         )
     assert not info.value.retryable

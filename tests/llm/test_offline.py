@@ -13,7 +13,9 @@ from resources.llm import LLMResource
 
 GROUNDING = {
     "inputs": {"message": "My login fails with an error since the update. This is urgent."},
-    "retrieved": [{"id": "kb-7", "text": "Reset the password from the sign-in page. Clear the app cache after updates."}],
+    "retrieved": [
+        {"id": "kb-7", "text": "Reset the password from the sign-in page. Clear the app cache after updates."}
+    ],
 }
 
 
@@ -27,12 +29,19 @@ def test_deterministic_extractive_and_labelled() -> None:
     provider = OfflineExtractiveProvider()
     records: list[CallAttempt] = []
     schema = AGENTS["drafter"].output.model_json_schema()
-    first = provider.chat(ChatRequest([{"role": "user", "content": "x"}], "ignored", schema, grounding=GROUNDING), records.append)
-    second = provider.chat(ChatRequest([{"role": "user", "content": "x"}], "ignored", schema, grounding=GROUNDING))
+    first = provider.chat(
+        ChatRequest([{"role": "user", "content": "x"}], "ignored", schema, grounding=GROUNDING),
+        records.append,
+    )
+    second = provider.chat(
+        ChatRequest([{"role": "user", "content": "x"}], "ignored", schema, grounding=GROUNDING)
+    )
     assert first.content == second.content
     draft = json.loads(first.content)
     assert draft["citations"] == ["kb-7"] and "Reset the password" in draft["reply"]
-    assert first.provider == OFFLINE_PROVIDER and records[0].provider == OFFLINE_PROVIDER and first.cost_usd == 0
+    assert (
+        first.provider == OFFLINE_PROVIDER and records[0].provider == OFFLINE_PROVIDER and first.cost_usd == 0
+    )
 
 
 def test_classifier_keywords() -> None:

@@ -23,12 +23,19 @@ def _provider(server: LLMTestServer, sleeps: list[float], **policy: float) -> Op
     # Sleeps are recorded instead of slept: the planned waits are what the policy decides.
     bounds = {"max_attempts": 4, "max_total_wait_s": 30.0, "base_delay_s": 0.5, "jitter": 0.25, **policy}
     return OpenAICompatProvider(
-        server.base_url, "test-key", timeout_s=0.5, policy=BackoffPolicy(**bounds), sleep=sleeps.append, seed=7
+        server.base_url,
+        "test-key",
+        timeout_s=0.5,
+        policy=BackoffPolicy(**bounds),
+        sleep=sleeps.append,
+        seed=7,
     )
 
 
 def _request() -> ChatRequest:
-    return ChatRequest([{"role": "user", "content": "plan it"}], "test-model", Plan.model_json_schema(), "Plan")
+    return ChatRequest(
+        [{"role": "user", "content": "plan it"}], "test-model", Plan.model_json_schema(), "Plan"
+    )
 
 
 def test_normal_answer(server: LLMTestServer) -> None:

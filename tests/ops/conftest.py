@@ -68,10 +68,14 @@ def server_llm(server: LLMTestServer, **overrides: Any) -> LLMResource:
 
 
 def new_request(spec: WorkflowSpec, inputs: dict[str, Any], **kwargs: Any) -> WorkflowRequest:
-    return WorkflowRequest(event_id=f"ev-{uuid.uuid4().hex[:12]}", workflow=spec.name, inputs=inputs, **kwargs)
+    return WorkflowRequest(
+        event_id=f"ev-{uuid.uuid4().hex[:12]}", workflow=spec.name, inputs=inputs, **kwargs
+    )
 
 
-def execute(job: dg.JobDefinition, spec: WorkflowSpec, req: WorkflowRequest, resources: dict[str, Any]) -> Any:
+def execute(
+    job: dg.JobDefinition, spec: WorkflowSpec, req: WorkflowRequest, resources: dict[str, Any]
+) -> Any:
     """Run the job in-process with the run config the Kafka sensor would build."""
     run_config = request_run_config(req, spec.version, traceparent="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
     return job.execute_in_process(run_config=run_config, resources=resources, raise_on_error=False)

@@ -29,7 +29,10 @@ def test_one_job_per_spec_one_op_per_task() -> None:
 def test_dependencies_follow_depends_on() -> None:
     spec = load_specs()["support_triage"]
     job = build_workflow_jobs([spec])[0]
-    deps = {inv.name: {k: getattr(d, "node", None) for k, d in v.items()} for inv, v in job.graph.dependencies.items()}
+    deps = {
+        inv.alias: {k: getattr(d, "node", None) for k, d in v.items()}
+        for inv, v in job.graph.dependencies.items()
+    }
     assert deps["draft"] == {"request": "request", "classify": "classify", "retrieve": "retrieve"}
     assert deps["classify"] == {"request": "request"}
 
@@ -40,23 +43,34 @@ def test_fan_out_maps_over_a_dynamic_output() -> None:
     plan = job.graph.node_named("plan").definition
     assert plan.output_dict["fan_research"].is_dynamic
     assert "item" in job.graph.node_named("research").definition.input_dict
-    collected = next(v for inv, v in job.graph.dependencies.items() if inv.name == "synthesize")["research"]
+    collected = next(v for inv, v in job.graph.dependencies.items() if inv.alias == "synthesize")["research"]
     assert type(collected).__name__ == "DynamicCollectDependencyDefinition"
 
 
 def test_request_run_config() -> None:
     req = WorkflowRequest(event_id="ev-1", workflow="support_triage", inputs={"message": "hi"}, tenant="acme")
-    cfg = request_run_config(req, "1.0.0", traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")["ops"]["request"]
+    cfg = request_run_config(req, "1.0.0", traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")["ops"][
+        "request"
+    ]
     config = cfg["config"]
-    assert config["plan_id"] == req.plan_id and config["inputs"] == {"message": "hi"} and config["tenant"] == "acme"
+    assert (
+        config["plan_id"] == req.plan_id
+        and config["inputs"] == {"message": "hi"}
+        and config["tenant"] == "acme"
+    )
     assert trace_id_of(config["traceparent"]) == "1" * 32
-    by_ref = WorkflowRequest(event_id="ev-2", workflow="support_triage", inputs={"message": "x"}, inputs_ref="in/ev-2.json")
+    by_ref = WorkflowRequest(
+        event_id="ev-2", workflow="support_triage", inputs={"message": "x"}, inputs_ref="in/ev-2.json"
+    )
     config = request_run_config(by_ref, "1.0.0")["ops"]["request"]["config"]
     assert config["inputs"] == {} and config["inputs_ref"] == "in/ev-2.json"
 
 
 def test_resolve_ref() -> None:
-    upstream = {"plan": {"output": {"outline": ["a"]}}, "research": [{"output": {"q": 1}}, {"output": {"q": 2}}]}
+    upstream = {
+        "plan": {"output": {"outline": ["a"]}},
+        "research": [{"output": {"q": 1}}, {"output": {"q": 2}}],
+    }
     assert resolve_ref("$request.topic", {"topic": "t"}, upstream) == "t"
     assert resolve_ref("$tasks.plan.outline", {}, upstream) == ["a"]
     assert resolve_ref("$tasks.research.q", {}, upstream) == [1, 2]

@@ -81,7 +81,9 @@ def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, name: s
     if kind == "boolean":
         return True
     if kind in ("number", "integer"):
-        return schema.get("minimum", 0) if kind == "integer" else max(0.0, min(1.0, schema.get("maximum", 0.8)))
+        return (
+            schema.get("minimum", 0) if kind == "integer" else max(0.0, min(1.0, schema.get("maximum", 0.8)))
+        )
     if "pattern" in schema:
         return schema.get("default", "support_kb")
     return f"scripted {name}"
@@ -197,7 +199,11 @@ class LLMTestServer:
                     "created": int(time.time()),
                     "model": body.get("model", "test-model"),
                     "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": finish}
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer},
+                            "finish_reason": finish,
+                        }
                     ],
                     "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
                 }

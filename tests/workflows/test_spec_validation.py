@@ -23,7 +23,12 @@ BASE = {
             "fan_out": {"over": "$tasks.plan.sub_questions"},
             "inputs": {"question": "$item"},
         },
-        {"task_id": "write", "agent": "writer", "depends_on": ["research"], "inputs": {"notes": "$tasks.research"}},
+        {
+            "task_id": "write",
+            "agent": "writer",
+            "depends_on": ["research"],
+            "inputs": {"notes": "$tasks.research"},
+        },
     ],
 }
 
@@ -64,26 +69,106 @@ def _set(path: list, value):
 
 
 CASES = {
-    "cycle": (_set(["tasks", 0, "depends_on"], ["write"]), "plan", "depends_on", "plan -> write -> research -> plan"),
-    "self_cycle": (_set(["tasks", 2, "depends_on"], ["research", "write"]), "write", "depends_on", "cycle: write -> write"),
+    "cycle": (
+        _set(["tasks", 0, "depends_on"], ["write"]),
+        "plan",
+        "depends_on",
+        "plan -> write -> research -> plan",
+    ),
+    "self_cycle": (
+        _set(["tasks", 2, "depends_on"], ["research", "write"]),
+        "write",
+        "depends_on",
+        "cycle: write -> write",
+    ),
     "unknown_agent": (_set(["tasks", 0, "agent"], "astrologer"), "plan", "agent", "unknown agent"),
-    "unknown_fallback": (_set(["tasks", 0, "fallback_agent"], "nobody"), "plan", "fallback_agent", "unknown agent"),
-    "fallback_schema": (_set(["tasks", 0, "fallback_agent"], "writer"), "plan", "fallback_agent", "same schema"),
-    "unknown_request_input": (_set(["tasks", 0, "inputs", "topic"], "$request.subject"), "plan", "inputs.topic", "not a declared input"),
-    "unknown_task_ref": (_set(["tasks", 2, "inputs", "notes"], "$tasks.ghost"), "write", "inputs.notes", "unknown task"),
-    "ref_not_in_depends_on": (_set(["tasks", 2, "inputs", "outline"], "$tasks.plan.outline"), "write", "inputs.outline", "add it to depends_on"),
-    "unknown_output_field": (_set(["tasks", 1, "inputs", "topic"], "$tasks.plan.subject"), "research", "inputs.topic", "outputs no field"),
-    "bad_ref_syntax": (_set(["tasks", 0, "inputs", "topic"], "$request"), "plan", "inputs.topic", "not a declared input"),
-    "unknown_depends_on": (_set(["tasks", 1, "depends_on"], ["plan", "nothing"]), "research", "depends_on[1]", "unknown task"),
+    "unknown_fallback": (
+        _set(["tasks", 0, "fallback_agent"], "nobody"),
+        "plan",
+        "fallback_agent",
+        "unknown agent",
+    ),
+    "fallback_schema": (
+        _set(["tasks", 0, "fallback_agent"], "writer"),
+        "plan",
+        "fallback_agent",
+        "same schema",
+    ),
+    "unknown_request_input": (
+        _set(["tasks", 0, "inputs", "topic"], "$request.subject"),
+        "plan",
+        "inputs.topic",
+        "not a declared input",
+    ),
+    "unknown_task_ref": (
+        _set(["tasks", 2, "inputs", "notes"], "$tasks.ghost"),
+        "write",
+        "inputs.notes",
+        "unknown task",
+    ),
+    "ref_not_in_depends_on": (
+        _set(["tasks", 2, "inputs", "outline"], "$tasks.plan.outline"),
+        "write",
+        "inputs.outline",
+        "add it to depends_on",
+    ),
+    "unknown_output_field": (
+        _set(["tasks", 1, "inputs", "topic"], "$tasks.plan.subject"),
+        "research",
+        "inputs.topic",
+        "outputs no field",
+    ),
+    "bad_ref_syntax": (
+        _set(["tasks", 0, "inputs", "topic"], "$request"),
+        "plan",
+        "inputs.topic",
+        "not a declared input",
+    ),
+    "unknown_depends_on": (
+        _set(["tasks", 1, "depends_on"], ["plan", "nothing"]),
+        "research",
+        "depends_on[1]",
+        "unknown task",
+    ),
     "duplicate_id": (_set(["tasks", 2, "task_id"], "plan"), "plan", "task_id", "duplicate"),
     "reserved_id": (_set(["tasks", 0, "task_id"], "request"), "request", "task_id", "reserved"),
-    "negative_retries": (_set(["tasks", 0, "retry"], {"max_retries": -1}), "plan", "retry.max_retries", "greater than or equal"),
-    "bad_backoff": (_set(["tasks", 0, "retry"], {"backoff": "fibonacci"}), "plan", "retry.backoff", "exponential"),
-    "negative_delay": (_set(["tasks", 0, "retry"], {"delay_s": -2}), "plan", "retry.delay_s", "greater than or equal"),
+    "negative_retries": (
+        _set(["tasks", 0, "retry"], {"max_retries": -1}),
+        "plan",
+        "retry.max_retries",
+        "greater than or equal",
+    ),
+    "bad_backoff": (
+        _set(["tasks", 0, "retry"], {"backoff": "fibonacci"}),
+        "plan",
+        "retry.backoff",
+        "exponential",
+    ),
+    "negative_delay": (
+        _set(["tasks", 0, "retry"], {"delay_s": -2}),
+        "plan",
+        "retry.delay_s",
+        "greater than or equal",
+    ),
     "unknown_task_field": (_set(["tasks", 0, "retries"], 3), "plan", "retries", "Extra inputs"),
-    "item_without_fan_out": (_set(["tasks", 0, "inputs", "topic"], "$item"), "plan", "inputs.topic", "fan_out"),
-    "fan_out_not_list": (_set(["tasks", 1, "fan_out"], {"over": "$tasks.plan.sub_questions_x"}), "research", "fan_out.over", "outputs no field"),
-    "retrieval_not_allowed": (_set(["tasks", 0, "retrieval"], {"collection": "docs", "query": "$request.topic"}), "plan", "retrieval", "may not use retrieval"),
+    "item_without_fan_out": (
+        _set(["tasks", 0, "inputs", "topic"], "$item"),
+        "plan",
+        "inputs.topic",
+        "fan_out",
+    ),
+    "fan_out_not_list": (
+        _set(["tasks", 1, "fan_out"], {"over": "$tasks.plan.sub_questions_x"}),
+        "research",
+        "fan_out.over",
+        "outputs no field",
+    ),
+    "retrieval_not_allowed": (
+        _set(["tasks", 0, "retrieval"], {"collection": "docs", "query": "$request.topic"}),
+        "plan",
+        "retrieval",
+        "may not use retrieval",
+    ),
 }
 
 
