@@ -6,6 +6,8 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,10 +26,12 @@ from resources.object_store import ObjectNotFound, validate_key
 _UNSAFE = re.compile(r"[^A-Za-z0-9._\-/]+")
 
 
-def _resources(*names_: str) -> dict[str, Any]:
+@contextmanager
+def _resources(*names_: str) -> Iterator[dict[str, Any]]:
     """Initialized resources (EnvVar secrets resolved) from this environment's AGENTFLOW_* settings."""
     all_resources = build_resources(get_settings())
-    return {n: all_resources[n].process_config_and_initialize() for n in names_}
+    with ExitStack() as stack:
+        yield {n: stack.enter_context(all_resources[n].process_config_and_initialize_cm()) for n in names_}
 
 
 def _check_collection(collection: str) -> None:
@@ -88,10 +92,28 @@ def ingest(path: Path, collection: str, delete: bool, wait: bool, timeout: float
     files = document_files(path)
     if not files:
         raise click.ClickException(f"no {'/'.join(sorted(PARSERS))} files under {path}")
-    res = _resources("object_store", "kafka")
-    objects = res["object_store"].store
+    with _resources("object_store", "kafka") as res:
+        expected = _upload(res["object_store"].store, res["kafka"], files, collection, delete)
+    if not wait:
+        return
+    with _resources("vector_store", "postgres") as idx:
+        deadline = time.monotonic() + timeout
+        while not index_holds(idx["vector_store"].store, idx["postgres"].engine, collection, expected):
+            if time.monotonic() > deadline:
+                raise click.ClickException(
+                    f"the index of {collection!r} did not include the change within {timeout:.0f}s: is the "
+                    "dagster-daemon running (`agentflow status`) and document_sensor on?"
+                )
+            time.sleep(1.0)
+    click.echo(f"index of {collection!r} includes {len(expected)} change(s)")
+
+
+def _upload(
+    objects: Any, kafka: Any, files: list[tuple[Path, str]], collection: str, delete: bool
+) -> dict[str, str | None]:
+    """Put (or delete) each file and emit its event; returns key -> expected version (None: deleted)."""
     objects.ensure_bucket(names.BUCKET_DOCUMENTS)
-    producer = res["kafka"].producer()
+    producer = kafka.producer()
     expected: dict[str, str | None] = {}
     try:
         for file, rel in files:
@@ -112,6 +134,7 @@ def ingest(path: Path, collection: str, delete: bool, wait: bool, timeout: float
             event = DocumentEvent(
                 event_id=f"doc-{uuid.uuid4().hex}", collection=collection, key=key, action=action
             )
+            # Keyed by collection: one partition per collection keeps its events in order.
             producer.send(
                 names.TOPIC_DOCUMENTS, key=collection.encode(), value=event.model_dump_json().encode()
             ).get(timeout=30)
@@ -120,18 +143,7 @@ def ingest(path: Path, collection: str, delete: bool, wait: bool, timeout: float
         producer.flush(timeout=30)
     finally:
         producer.close(timeout=5)
-    if not wait:
-        return
-    idx = _resources("vector_store", "postgres")
-    deadline = time.monotonic() + timeout
-    while not index_holds(idx["vector_store"].store, idx["postgres"].engine, collection, expected):
-        if time.monotonic() > deadline:
-            raise click.ClickException(
-                f"the index of {collection!r} did not include the change within {timeout:.0f}s: is the "
-                "dagster-daemon running (`agentflow status`) and document_sensor on?"
-            )
-        time.sleep(1.0)
-    click.echo(f"index of {collection!r} includes {len(expected)} change(s)")
+    return expected
 
 
 @click.command()
@@ -143,9 +155,9 @@ def ingest(path: Path, collection: str, delete: bool, wait: bool, timeout: float
 def search(query: str, collection: str, k: int, mode: str, as_json: bool) -> None:
     """Print the top K chunks of COLLECTION for QUERY with score and source document."""
     _check_collection(collection)
-    res = _resources("embeddings", "vector_store")
-    retriever = Retriever(res["embeddings"].embedder, res["vector_store"].store)
-    hits = retriever.search(query, collection, k, mode=mode)  # type: ignore[arg-type]
+    with _resources("embeddings", "vector_store") as res:
+        retriever = Retriever(res["embeddings"].embedder, res["vector_store"].store)
+        hits = retriever.search(query, collection, k, mode=mode)  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps([h.model_dump() for h in hits], indent=2))
         return
