@@ -24,9 +24,6 @@ from agentflow_dagster.workflows.spec import WorkflowSpec
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectStore
 
-RetrieverFactory = Callable[[str], Retriever]
-
-
 class Unavailable(RuntimeError):
     """A backing service failed; answered as 503 so the client retries."""
 
@@ -123,7 +120,9 @@ class ApiContext:
         with self._lock:
             if self._producer is None:
                 timeout_ms = int(self.config.kafka_timeout_s * 1000)
-                self._producer = self.kafka.producer(max_block_ms=timeout_ms, linger_ms=0)
+                self._producer = self.kafka.producer(
+                    max_block_ms=timeout_ms, bootstrap_timeout_ms=timeout_ms, linger_ms=0
+                )
             return self._producer
 
     def publish(self, topic: str, key: str, value: bytes, headers: dict[str, str] | None = None) -> None:
