@@ -8,15 +8,17 @@ from agentflow_dagster.workflows.loader import load_specs
 from assets.rag import COLLECTIONS, rag_assets, rag_checks, rag_index_job, rag_nightly_schedule
 from ops.compiler import build_workflow_jobs
 from sensors.documents import make_document_sensor
+from sensors.workflow_sensors import workflow_sensors
 
 # Agents retrieve through the RAG retriever built from these two resources.
-workflow_jobs = build_workflow_jobs(load_specs().values(), retriever_keys=("embeddings", "vector_store"))
+specs = load_specs()
+workflow_jobs = build_workflow_jobs(specs.values(), retriever_keys=("embeddings", "vector_store"))
 
 defs = dg.Definitions(
     assets=rag_assets,
     asset_checks=rag_checks,
     jobs=[rag_index_job, *workflow_jobs],
     schedules=[rag_nightly_schedule],
-    sensors=[make_document_sensor(rag_index_job, COLLECTIONS)],
+    sensors=[make_document_sensor(rag_index_job, COLLECTIONS), *workflow_sensors(workflow_jobs, specs)],
     resources=build_resources(get_settings()),
 )
