@@ -1,0 +1,1 @@
+"""Observability: OpenTelemetry traces, Prometheus metrics from execution history, LLM call records."""

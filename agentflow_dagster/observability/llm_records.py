@@ -1,0 +1,202 @@
+"""LLM call records: one `chat` span and one redacted `llm_calls` row per attempt, evaluation beside it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from agentflow_dagster.llm.types import CallAttempt
+from agentflow_dagster.names import BUCKET_ARTIFACTS
+from agentflow_dagster.observability import tracing
+from agentflow_dagster.observability.config import ObservabilitySettings
+from agentflow_dagster.observability.evaluation import Embed, evaluate_call
+from agentflow_dagster.observability.redaction import Redactor, redactor_from_settings
+
+_INSERT = sa.text(
+    "INSERT INTO llm_calls (plan_id, task_id, run_id, trace_id, span_id, provider, model, prompt, prompt_ref, "
+    "response, response_ref, latency_ms, input_tokens, output_tokens, cost_usd, finish_reason, cache_hit, "
+    "attempt, error, evaluation, content_mode, redactions) VALUES (:plan_id, :task_id, :run_id, :trace_id, "
+    ":span_id, :provider, :model, CAST(:prompt AS jsonb), :prompt_ref, :response, :response_ref, :latency_ms, "
+    ":input_tokens, :output_tokens, :cost_usd, :finish_reason, :cache_hit, :attempt, :error, "
+    "CAST(:evaluation AS jsonb), :content_mode, CAST(:redactions AS jsonb))"
+)
+
+
+@dataclass
+class ContextSource:
+    """Passages retrieved for the current task, filled by `TracedRetriever` and read by the evaluator."""
+
+    texts: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TracedRetriever:
+    """Wraps a retriever: each search is a `retrieval` span, and its passages are kept for evaluation."""
+
+    inner: Any
+    plan_id: str | None = None
+    task_id: str | None = None
+    context: ContextSource = field(default_factory=ContextSource)
+
+    def search(self, query: str, collection: str, k: int) -> list[Any]:
+        """The inner retriever's hits, under a span with the hit count."""
+        with tracing.retrieval_span(collection, self.plan_id, self.task_id, gen_ai__request__top_k=k) as sp:
+            hits = list(self.inner.search(query, collection, k))
+            sp.set_attribute("agentflow.retrieval.hits", len(hits))
+        for hit in hits:
+            text = hit.get("text") if isinstance(hit, dict) else getattr(hit, "text", None)
+            if isinstance(text, str):
+                self.context.texts.append(text)
+        return hits
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass
+class ObservedCallRecorder:
+    """Recorder for one task execution: span, redaction, large content by reference, evaluation, row."""
+
+    engine: sa.Engine
+    plan_id: str | None
+    task_id: str | None
+    run_id: str | None
+    store: Any = None  # an object store with put(bucket, key, data, content_type); None keeps content inline
+    trace_id: str | None = None  # fallback when tracing is off: the workflow's trace id from the run tags
+    schema: dict[str, Any] | None = None
+    question: str = ""
+    context: ContextSource = field(default_factory=ContextSource)
+    settings: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    embed: Embed | None = None
+    redactor: Redactor | None = None
+    cache_hit: bool = False
+    rows: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.redactor is None:
+            self.redactor = redactor_from_settings(
+                self.settings.redact_pii_patterns, self.settings.redact_secret_patterns
+            )
+
+    def _content(self, attempt: CallAttempt, counts: dict[str, int]) -> tuple[Any, str | None]:
+        assert self.redactor is not None
+        if self.settings.llm_content_mode == "none":
+            return None, None
+        return self.redactor.value(attempt.messages, counts), (
+            None if attempt.response is None else self.redactor.text(attempt.response, counts)
+        )
+
+    def _offload(self, kind: str, blob: bytes, span_id: str | None) -> str | None:
+        """Store `blob` when it is above the inline limit; returns its `s3://` reference."""
+        if self.store is None or len(blob) <= self.settings.llm_content_inline_limit:
+            return None
+        key = f"llm_calls/{self.plan_id or 'no-plan'}/{self.task_id or 'no-task'}/{span_id or _digest(blob)}-{kind}"
+        content_type = "application/json" if kind == "prompt.json" else "text/plain; charset=utf-8"
+        self.store.put(BUCKET_ARTIFACTS, key, blob, content_type)
+        return f"s3://{BUCKET_ARTIFACTS}/{key}"
+
+    def __call__(self, attempt: CallAttempt) -> None:
+        counts: dict[str, int] = {}
+        prompt, response = self._content(attempt, counts)
+        capture = self.settings.capture_message_content and self.settings.llm_content_mode != "none"
+        sp = tracing.chat_span_record(
+            provider=attempt.provider,
+            request_model=attempt.model,
+            response_model=attempt.model if attempt.error is None else None,
+            latency_ms=attempt.latency_ms,
+            input_tokens=attempt.input_tokens,
+            output_tokens=attempt.output_tokens,
+            finish_reason=attempt.finish_reason,
+            error=attempt.error,
+            plan_id=self.plan_id,
+            task_id=self.task_id,
+            attempt=attempt.attempt,
+            input_messages=prompt if capture else None,
+            output_text=response if capture else None,
+        )
+        trace_id, span_id = tracing.ids_of(sp)
+        prompt_json = json.dumps(prompt, ensure_ascii=False) if prompt is not None else None
+        prompt_ref = self._offload("prompt.json", prompt_json.encode(), span_id) if prompt_json else None
+        response_ref = self._offload("response.txt", response.encode(), span_id) if response else None
+        evaluation = evaluate_call(
+            attempt.response if attempt.error is None else None,
+            schema=self.schema,
+            question=self.question,
+            context=list(self.context.texts),
+            embed=self.embed,
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                sa.text(_INSERT.text + " RETURNING id"),
+                {
+                    "plan_id": self.plan_id,
+                    "task_id": self.task_id,
+                    "run_id": self.run_id,
+                    "trace_id": trace_id or self.trace_id,
+                    "span_id": span_id,
+                    "provider": attempt.provider,
+                    "model": attempt.model,
+                    "prompt": None if prompt_ref else prompt_json,
+                    "prompt_ref": prompt_ref,
+                    "response": None if response_ref else response,
+                    "response_ref": response_ref,
+                    "latency_ms": attempt.latency_ms,
+                    "input_tokens": attempt.input_tokens,
+                    "output_tokens": attempt.output_tokens,
+                    "cost_usd": attempt.cost_usd,
+                    "finish_reason": attempt.finish_reason,
+                    "cache_hit": self.cache_hit,
+                    "attempt": attempt.attempt,
+                    "error": self.redactor.text(attempt.error) if (self.redactor and attempt.error) else attempt.error,
+                    "evaluation": json.dumps(evaluation) if evaluation else None,
+                    "content_mode": self.settings.llm_content_mode,
+                    "redactions": json.dumps(counts),
+                },
+            ).scalar_one()
+        self.rows.append(int(row))
+
+
+def question_of(inputs: dict[str, Any], retrieval_query: str | None) -> str:
+    """What the task asks: the retrieval query, else the first question-like input."""
+    if retrieval_query:
+        return retrieval_query
+    for key in ("question", "topic", "message", "query", "text", "document"):
+        value = inputs.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return " ".join(v for v in inputs.values() if isinstance(v, str))[:2000]
+
+
+def task_llm_totals(engine: sa.Engine, plan_id: str, task_id: str, run_id: str) -> dict[str, Any]:
+    """Tokens, cost, latency and mean evaluation of one task's calls in one run (op output metadata)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT count(*), COALESCE(sum(input_tokens), 0), COALESCE(sum(output_tokens), 0), "
+                "COALESCE(sum(cost_usd), 0), COALESCE(sum(latency_ms), 0), count(*) FILTER (WHERE error IS NOT NULL), "
+                "avg((evaluation->>'groundedness')::float), avg((evaluation->>'answer_relevance')::float), "
+                "avg(CASE WHEN (evaluation->>'schema_valid')::boolean THEN 1.0 ELSE 0.0 END) "
+                "FILTER (WHERE evaluation ? 'schema_valid' AND evaluation->>'schema_valid' IS NOT NULL) "
+                "FROM llm_calls WHERE plan_id = :p AND task_id = :t AND run_id = :r"
+            ),
+            {"p": plan_id, "t": task_id, "r": run_id},
+        ).one()
+    calls, tin, tout, cost, latency, errors, ground, relevance, valid = row
+    out: dict[str, Any] = {
+        "llm_calls": int(calls),
+        "llm_errors": int(errors),
+        "llm_input_tokens": int(tin),
+        "llm_output_tokens": int(tout),
+        "llm_cost_usd": float(cost),
+        "llm_latency_ms": round(float(latency), 1),
+    }
+    for name, value in (("eval_groundedness", ground), ("eval_answer_relevance", relevance), ("eval_schema_valid_rate", valid)):
+        if value is not None:
+            out[name] = round(float(value), 4)
+    return out
+
