@@ -60,12 +60,26 @@ class PgVectorStore:
     ):
         if not _IDENT.match(text_config):
             raise ValueError(f"text_config {text_config!r} is not a Postgres text search configuration name")
-        self.engine = engine or make_engine(url, pool_size=2, max_overflow=4)
+        self.engine = engine or make_engine(url, pool_size=4, max_overflow=4)
+        sa.event.listen(self.engine, "connect", self._on_connect)
+        # Searches run in autocommit: one round trip per query, no BEGIN/ROLLBACK, no idle transaction
+        # that would hold up the view swap of a rebuild.
+        self._reads = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._dims: dict[str, int] = {}
         self.hnsw_m = hnsw_m
         self.hnsw_ef_construction = hnsw_ef_construction
         self.ef_search = ef_search
         self.text_config = text_config
         self._schema_ready = False
+
+    def _on_connect(self, dbapi_conn: Any, _record: Any) -> None:
+        # Session defaults, so a plain search needs no SET: relaxed_order keeps scanning the HNSW graph
+        # until enough rows pass the filters (pgvector >= 0.8).
+        cur = dbapi_conn.cursor()
+        cur.execute(f"SET hnsw.ef_search = {int(self.ef_search)}; SET hnsw.iterative_scan = relaxed_order")
+        cur.close()
+        if not dbapi_conn.autocommit:
+            dbapi_conn.commit()
 
     # -- schema -------------------------------------------------------------------------------------
 
@@ -308,17 +322,20 @@ class PgVectorStore:
         exact: bool = False,
     ) -> list[StoreHit]:
         """Top-k chunks: cosine k-NN, full text (ts_rank_cd), or both fused by reciprocal rank."""
-        info = self.info(collection)
-        if info is None:
-            return []
         if mode in ("hybrid", "vector") and vector is None:
             raise ValueError(f"mode={mode!r} needs a query vector")
         if mode in ("hybrid", "text") and not text:
             if mode == "text":
                 raise ValueError("mode='text' needs query text")
             mode = "vector"
+        dim = self._dims.get(collection)
+        if dim is None:
+            info = self.info(collection)
+            if info is None:
+                return []
+            dim = self._dims[collection] = info.dim
         n = max(k, candidates or 4 * k)
-        vtype, _ = self._vtype(info.dim)
+        vtype, _ = self._vtype(dim)
         where, params = self._where(filters)
         params.update(
             {
@@ -362,17 +379,17 @@ class PgVectorStore:
                 f" SELECT {_HIT_COLUMNS}, f.score, f.vr, f.tr FROM f JOIN {view} c USING (chunk_id)"
                 " ORDER BY f.score DESC, c.chunk_id LIMIT :k"
             )
-        with self.engine.begin() as conn:
-            # relaxed_order keeps scanning the HNSW graph until enough rows pass the filters (pgvector>=0.8).
-            conn.execute(
-                sa.text(
-                    "SELECT set_config('hnsw.ef_search', :ef, true),"
-                    " set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-                    " set_config('enable_indexscan', :idx, true)"
-                ),
-                {"ef": str(max(self.ef_search, n)), "idx": "off" if exact else "on"},
-            )
-            rows = conn.execute(sa.text(sql), params).all()
+        try:
+            rows = self._run_search(sql, params, n, exact)
+        except sa.exc.ProgrammingError:
+            # The view is gone (collection dropped) or was rebuilt with another vector type: re-read it.
+            self._dims.pop(collection, None)
+            if self.info(collection) is None:
+                return []
+            return self.search(
+                collection, vector=vector, text=text, k=k, filters=filters, mode=mode, candidates=candidates,
+                exact=exact,
+            )  # fmt: skip
         return [
             StoreHit(
                 chunk_id=r.chunk_id,
@@ -389,6 +406,20 @@ class PgVectorStore:
             )
             for r in rows
         ]
+
+    def _run_search(self, sql: str, params: dict[str, Any], n: int, exact: bool) -> Sequence[Any]:
+        if n <= self.ef_search and not exact:
+            with self._reads.connect() as conn:
+                return conn.execute(sa.text(sql), params).all()
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "SELECT set_config('hnsw.ef_search', :ef, true),"
+                    " set_config('enable_indexscan', :idx, true)"
+                ),
+                {"ef": str(max(self.ef_search, n)), "idx": "off" if exact else "on"},
+            )
+            return conn.execute(sa.text(sql), params).all()
 
     @staticmethod
     def _where(filters: SearchFilter | None) -> tuple[str, dict[str, Any]]:

@@ -150,3 +150,16 @@ def test_failed_rebuild_leaves_the_live_index(store: PgVectorStore, collection: 
     with pytest.raises(ValueError, match="dims"):
         store.rebuild(collection, bad, model="m1", dim=DIM)
     assert store.count(collection) == 10
+
+
+def test_search_after_drop_and_recreate_with_another_dimension(store: PgVectorStore, collection: str) -> None:
+    store.apply(collection, records(5), [], model="m1", dim=DIM)
+    assert store.search(collection, vector=records(5)[0].vector, text=None, k=1, mode="vector")
+    store.drop(collection)
+    assert store.search(collection, vector=records(5)[0].vector, text="passage", k=1) == []
+    small = [VectorRecord(**{**r.__dict__, "vector": list(r.vector)[:4]}) for r in records(5)]
+    store.apply(collection, small, [], model="m4", dim=4)
+    assert (
+        store.search(collection, vector=small[2].vector, text=None, k=1, mode="vector")[0].chunk_id
+        == "chunk-0002"
+    )
