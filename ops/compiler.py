@@ -9,6 +9,7 @@ import dagster as dg
 
 from agentflow_dagster.events import WorkflowRequest
 from agentflow_dagster.names import BUCKET_ARTIFACTS
+from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.workflows.loader import register_specs
 from agentflow_dagster.workflows.spec import InputError, SpecError, WorkflowSpec
 from ops import history
@@ -109,6 +110,12 @@ def make_request_op(spec: WorkflowSpec) -> dg.OpDefinition:
             # The row records a reference, not a copy, when the inputs came by reference.
             "inputs_record": {"inputs_ref": config.inputs_ref} if config.inputs_ref else raw,
         }
+        tracing.setup_tracing("agentflow-run-worker")
+        # Task spans are children of this span: its context replaces the sensor's in the request they get.
+        with tracing.workflow_span(
+            spec.name, config.plan_id, parent=config.traceparent, gen_ai__workflow__version=spec.version
+        ):
+            request["traceparent"] = tracing.inject_traceparent() or config.traceparent
         history.upsert_workflow_running(pg.engine, request, context.run_id)
         try:
             request["inputs"] = spec.validate_inputs(raw)
@@ -164,7 +171,12 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
         history.finish_workflow(pg.engine, request["plan_id"], "succeeded", output=stored)
         pg.audit(ACTOR, "workflow.succeeded", request["plan_id"], spec.name, run_id=context.run_id)
         yield dg.Output(
-            output, metadata={"providers": ", ".join(output["providers"]), "offline": output["offline"]}
+            output,
+            metadata={
+                "providers": ", ".join(output["providers"]),
+                "offline": output["offline"],
+                **llm_records.workflow_llm_totals(pg.engine, request["plan_id"]),
+            },
         )
 
     return dg.OpDefinition(

@@ -10,8 +10,8 @@ import dagster as dg
 from agentflow_dagster.agents.roles import AgentRole, get_agent
 from agentflow_dagster.agents.runner import AgentError, AgentRun, run_agent
 from agentflow_dagster.agents.tools import Retriever
-from agentflow_dagster.llm.recorder import PostgresCallRecorder
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
+from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
 from ops import history
 from ops.idempotency import TaskLock, TaskOutputStore, input_digest, lock_key, wait_for_lock
@@ -117,9 +117,14 @@ class _TaskExecution:
             engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt
         )
         self.audit("task.started", agent=role.name, attempt=self.attempt)
-        recorder = PostgresCallRecorder(
-            engine, self.plan_id, self.task_key, self.context.run_id, self.request.get("trace_id")
-        )
+        # Each attempt: a `chat` span, a redacted llm_calls row (large content by reference), its evaluation.
+        recorder = llm_records.ObservedCallRecorder(
+            engine, self.plan_id, self.task_key, self.context.run_id,
+            store=self.context.resources.object_store.store, trace_id=self.request.get("trace_id"),
+            schema=role.output.model_json_schema(),
+            question=llm_records.question_of(self.inputs, self.retrieval[0] if self.retrieval else None),
+            context=getattr(retriever, "context", llm_records.ContextSource()),
+        )  # fmt: skip
         try:
             run = run_agent(
                 role,
@@ -254,7 +259,16 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
     def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Any]:
         execution = _TaskExecution(context, spec, task, inputs)
         retriever = retriever_from(context.resources, keys)
-        result, reused = execution.execute(retriever)
+        tracing.setup_tracing("agentflow-run-worker")
+        if retriever is not None:
+            retriever = llm_records.TracedRetriever(retriever, execution.plan_id, execution.task_key)
+        # The run's trace context travels in the request (from the run tags via run config), across processes.
+        with tracing.agent_span(
+            task.agent, execution.plan_id, execution.task_key, parent=execution.request.get("traceparent"),
+            gen_ai__workflow__name=spec.name, agentflow__attempt=execution.attempt,
+        ):  # fmt: skip
+            result, reused = execution.execute(retriever)
+        tracing.flush()
         usage = result.get("usage", {})
         metadata: dict[str, Any] = {
             "agent": result["agent"],
@@ -269,6 +283,10 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
             "output_tokens": 0 if reused else usage.get("output_tokens", 0),
             "cost_usd": 0.0 if reused else float(usage.get("cost_usd", 0.0)),
             "latency_ms": 0.0 if reused else float(usage.get("latency_ms", 0.0)),
+            # From llm_calls: every attempt of this run (failed ones too) and the mean evaluation scores.
+            **llm_records.task_llm_totals(
+                execution.pg.engine, execution.plan_id, execution.task_key, context.run_id
+            ),
         }
         if result["offline"]:
             context.log.info(

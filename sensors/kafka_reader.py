@@ -137,8 +137,11 @@ class KafkaTopicReader:
         log: Log,
         config: ReaderConfig | None = None,
         dlq_topic: str | None = None,
+        on_dead_letter: Callable[[KafkaRecord, str, str], None] | None = None,
     ):
         self.topic = topic
+        # Called with (record, reason, dlq topic) once the letter is acked: the durable count behind /metrics.
+        self.on_dead_letter = on_dead_letter
         self.dlq_topic = dlq_topic or f"{topic}.dlq"
         self.config = config or ReaderConfig()
         self.log = log
@@ -333,6 +336,8 @@ class KafkaTopicReader:
         except BadRecord as bad:
             try:
                 self._dead_letter(record, str(bad))
+                if self.on_dead_letter is not None:
+                    self.on_dead_letter(record, str(bad), self.dlq_topic)
             except Exception as exc:
                 return self._stop(record, f"could not write to {self.dlq_topic}: {exc}", exc, result)
             result.dead_lettered += 1

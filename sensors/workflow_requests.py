@@ -15,6 +15,8 @@ from pydantic import ValidationError
 
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowRequest
+from agentflow_dagster.observability import tracing
+from agentflow_dagster.observability.metrics import DLQ_ACTION
 from agentflow_dagster.settings import Settings, get_settings
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectNotFound, ObjectStoreResource
@@ -105,6 +107,9 @@ class RequestIntake:
             traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
         else:
             traceparent = header.strip().lower()
+        # The sensor's own span joins the submitter's trace; the run is parented to it through the run tags.
+        with tracing.process_span(record.topic, traceparent, agentflow__plan_id=req.plan_id):
+            traceparent = tracing.inject_traceparent() or traceparent
         try:
             run_config = self.run_config(req, version, traceparent)
         except ValueError as exc:
@@ -165,6 +170,11 @@ class RequestIntake:
         if not isinstance(data, dict):
             raise BadRecord(f"inputs_ref {key!r} is not a JSON object")
         return data
+
+    def record_dead_letter(self, record: KafkaRecord, reason: str, dlq_topic: str) -> None:
+        """One audit row per dead-lettered event (`agentflow_dlq_events_total` counts these)."""
+        detail = {"dlq_topic": dlq_topic, "source": f"{record.topic}[{record.partition}]@{record.offset}"}
+        self.postgres.audit(self.actor, DLQ_ACTION, None, record.topic, reason=reason[:1000], **detail)
 
     def _record_queued(
         self, req: WorkflowRequest, version: str, trace_id: str, generated: bool, record: KafkaRecord
@@ -251,9 +261,11 @@ def make_workflow_request_sensor(
             object_store=object_store,
             actor=name,
         )
+        tracing.setup_tracing("agentflow-sensors")
         reader = KafkaTopicReader(
-            names.TOPIC_REQUESTS, kafka.consumer, kafka.producer, context.log, reader_cfg
-        )
+            names.TOPIC_REQUESTS, kafka.consumer, kafka.producer, context.log, reader_cfg,
+            on_dead_letter=intake.record_dead_letter,
+        )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)
         context.log.info(
             f"{result.handled} requests -> {len(intake.run_requests)} run requests, "

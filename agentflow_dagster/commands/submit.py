@@ -15,6 +15,7 @@ from kafka import TopicPartition
 
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowRequest, WorkflowResult
+from agentflow_dagster.observability import tracing
 from agentflow_dagster.resources_env import build_resources
 from agentflow_dagster.settings import get_settings
 from resources.kafka import KafkaResource
@@ -109,18 +110,24 @@ def submit(
         raise click.UsageError(str(exc)) from exc
     kafka: KafkaResource = build_resources(get_settings())["kafka"]
     start = result_offsets(kafka) if wait else {}
-    trace_id = secrets.token_hex(16)
-    traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
-    producer = kafka.producer()
-    try:
-        producer.send(
-            names.TOPIC_REQUESTS,
-            key=req.event_id.encode(),
-            value=req.model_dump_json().encode(),
-            headers=[("traceparent", traceparent.encode())],
-        ).get(timeout=15)
-    finally:
-        producer.close(timeout=5)
+    tracing.setup_tracing("agentflow-cli")
+    # The root of the workflow's trace: its context travels in the message's traceparent header.
+    with tracing.send_span(
+        names.TOPIC_REQUESTS, agentflow__plan_id=req.plan_id, gen_ai__workflow__name=workflow
+    ):
+        traceparent = tracing.inject_traceparent() or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        trace_id = traceparent.split("-")[1]
+        producer = kafka.producer()
+        try:
+            producer.send(
+                names.TOPIC_REQUESTS,
+                key=req.event_id.encode(),
+                value=req.model_dump_json().encode(),
+                headers=[("traceparent", traceparent.encode())],
+            ).get(timeout=15)
+        finally:
+            producer.close(timeout=5)
+    tracing.flush()
     click.echo(f"event_id={req.event_id} plan_id={req.plan_id} trace_id={trace_id}")
     if not wait:
         return

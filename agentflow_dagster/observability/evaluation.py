@@ -16,9 +16,7 @@ import jsonschema
 
 _WORD_RE = re.compile(r"[a-z0-9]+")
 _STOP = frozenset(
-    "a an the and or of to in on for with is are was were be been it this that as at by from i my we our you "
-    "your me can not do does did have has had will would should could please what which who how why when where "
-    "there their they them its into about than then so if but also any all some no yes".split()
+    ["a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "is", "are", "was", "were", "be", "been", "it", "this", "that", "as", "at", "by", "from", "i", "my", "we", "our", "you", "your", "me", "can", "not", "do", "does", "did", "have", "has", "had", "will", "would", "should", "could", "please", "what", "which", "who", "how", "why", "when", "where", "there", "their", "they", "them", "its", "into", "about", "than", "then", "so", "if", "but", "also", "any", "all", "some", "no", "yes"]
 )
 Embed = Callable[[Sequence[str]], Sequence[Sequence[float]]]
 

@@ -152,7 +152,9 @@ class ObservedCallRecorder:
                     "finish_reason": attempt.finish_reason,
                     "cache_hit": self.cache_hit,
                     "attempt": attempt.attempt,
-                    "error": self.redactor.text(attempt.error) if (self.redactor and attempt.error) else attempt.error,
+                    "error": self.redactor.text(attempt.error)
+                    if (self.redactor and attempt.error)
+                    else attempt.error,
                     "evaluation": json.dumps(evaluation) if evaluation else None,
                     "content_mode": self.settings.llm_content_mode,
                     "redactions": json.dumps(counts),
@@ -195,8 +197,39 @@ def task_llm_totals(engine: sa.Engine, plan_id: str, task_id: str, run_id: str) 
         "llm_cost_usd": float(cost),
         "llm_latency_ms": round(float(latency), 1),
     }
-    for name, value in (("eval_groundedness", ground), ("eval_answer_relevance", relevance), ("eval_schema_valid_rate", valid)):
+    for name, value in (
+        ("eval_groundedness", ground),
+        ("eval_answer_relevance", relevance),
+        ("eval_schema_valid_rate", valid),
+    ):
         if value is not None:
             out[name] = round(float(value), 4)
     return out
 
+
+def workflow_llm_totals(engine: sa.Engine, plan_id: str) -> dict[str, Any]:
+    """The plan's LLM totals over all runs and attempts, with the mean evaluation (result op metadata)."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.text(
+                "SELECT llm_calls, llm_errors, input_tokens, output_tokens, cost_usd, latency_ms, "
+                "mean_groundedness, mean_answer_relevance FROM workflow_llm_totals WHERE plan_id = :p"
+            ),
+            {"p": plan_id},
+        ).one_or_none()
+    if row is None:
+        return {"workflow_llm_calls": 0}
+    calls, errors, tin, tout, cost, latency, ground, relevance = row
+    out: dict[str, Any] = {
+        "workflow_llm_calls": int(calls),
+        "workflow_llm_errors": int(errors),
+        "workflow_input_tokens": int(tin),
+        "workflow_output_tokens": int(tout),
+        "workflow_cost_usd": float(cost),
+        "workflow_llm_latency_ms": round(float(latency), 1),
+    }
+    if ground is not None:
+        out["workflow_eval_groundedness"] = round(float(ground), 4)
+    if relevance is not None:
+        out["workflow_eval_answer_relevance"] = round(float(relevance), 4)
+    return out

@@ -201,7 +201,11 @@ def span(
 
 def send_span(topic: str, **extra: Any) -> Any:
     """Producer span for one Kafka message (messaging conventions)."""
-    attrs = {"messaging.system": "kafka", "messaging.destination.name": topic, "messaging.operation.type": "send"}
+    attrs = {
+        "messaging.system": "kafka",
+        "messaging.destination.name": topic,
+        "messaging.operation.type": "send",
+    }
     return span(f"send {topic}", kind=SpanKind.PRODUCER, attributes={**attrs, **_attrs(**extra)})
 
 
@@ -212,7 +216,9 @@ def process_span(topic: str, parent: otel_context.Context | str | None, **extra:
         "messaging.destination.name": topic,
         "messaging.operation.type": "process",
     }
-    return span(f"process {topic}", kind=SpanKind.CONSUMER, parent=parent, attributes={**attrs, **_attrs(**extra)})
+    return span(
+        f"process {topic}", kind=SpanKind.CONSUMER, parent=parent, attributes={**attrs, **_attrs(**extra)}
+    )
 
 
 def workflow_span(workflow: str, plan_id: str, parent: str | None = None, **extra: Any) -> Any:
@@ -224,10 +230,14 @@ def workflow_span(workflow: str, plan_id: str, parent: str | None = None, **extr
 def agent_span(agent: str, plan_id: str, task_id: str, parent: str | None = None, **extra: Any) -> Any:
     """`invoke_agent {agent}` for one task attempt."""
     attrs = _attrs(gen_ai__operation__name="invoke_agent", gen_ai__agent__name=agent, **extra)
-    return span(f"invoke_agent {agent}", parent=parent, attributes={**attrs, PLAN_ID: plan_id, TASK_ID: task_id})
+    return span(
+        f"invoke_agent {agent}", parent=parent, attributes={**attrs, PLAN_ID: plan_id, TASK_ID: task_id}
+    )
 
 
-def retrieval_span(collection: str, plan_id: str | None = None, task_id: str | None = None, **extra: Any) -> Any:
+def retrieval_span(
+    collection: str, plan_id: str | None = None, task_id: str | None = None, **extra: Any
+) -> Any:
     """`retrieval` from one collection (gen_ai.data_source.id)."""
     attrs = _attrs(gen_ai__operation__name="retrieval", gen_ai__data_source__id=collection, **extra)
     ids = _attrs(agentflow__plan_id=plan_id, agentflow__task_id=task_id)
@@ -236,14 +246,19 @@ def retrieval_span(collection: str, plan_id: str | None = None, task_id: str | N
 
 def embeddings_span(model: str, provider: str, **extra: Any) -> Any:
     """`embeddings {model}`."""
-    attrs = _attrs(gen_ai__operation__name="embeddings", gen_ai__request__model=model, gen_ai__provider__name=provider)
+    attrs = _attrs(
+        gen_ai__operation__name="embeddings", gen_ai__request__model=model, gen_ai__provider__name=provider
+    )
     return span(f"embeddings {model}", kind=SpanKind.CLIENT, attributes={**attrs, **_attrs(**extra)})
 
 
 def tool_span(tool: str, plan_id: str | None = None, task_id: str | None = None, **extra: Any) -> Any:
     """`execute_tool {tool}`."""
     attrs = _attrs(gen_ai__operation__name="execute_tool", gen_ai__tool__name=tool, **extra)
-    return span(f"execute_tool {tool}", attributes={**attrs, **_attrs(agentflow__plan_id=plan_id, agentflow__task_id=task_id)})
+    return span(
+        f"execute_tool {tool}",
+        attributes={**attrs, **_attrs(agentflow__plan_id=plan_id, agentflow__task_id=task_id)},
+    )
 
 
 def chat_span_record(
@@ -284,7 +299,9 @@ def chat_span_record(
         attrs["gen_ai.output.messages"] = json.dumps(
             [{"role": "assistant", "parts": [{"type": "text", "content": output_text}]}], ensure_ascii=False
         )
-    current = tracer().start_span(f"chat {request_model}", kind=SpanKind.CLIENT, attributes=attrs, start_time=start)
+    current = tracer().start_span(
+        f"chat {request_model}", kind=SpanKind.CLIENT, attributes=attrs, start_time=start
+    )
     if error:
         current.set_attribute("error.type", error.split(":", 1)[0][:80])
         current.set_status(Status(StatusCode.ERROR, error[:500]))

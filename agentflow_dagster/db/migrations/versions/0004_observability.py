@@ -13,8 +13,9 @@ down_revision = "0003"
 
 
 def upgrade() -> None:
-    # "redacted" or "none" (no content stored); `redactions` counts replacements per pattern name.
-    op.add_column("llm_calls", sa.Column("content_mode", sa.Text, nullable=False, server_default="redacted"))
+    # "redacted" or "none" (no content stored); NULL for rows written by a recorder that does not redact.
+    # `redactions` counts replacements per pattern name.
+    op.add_column("llm_calls", sa.Column("content_mode", sa.Text))
     op.add_column("llm_calls", sa.Column("redactions", JSONB))
     op.create_index("ix_llm_calls_trace_id", "llm_calls", ["trace_id"])
     # /metrics aggregates these tables on every scrape: group-by columns are indexed.
