@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -34,6 +35,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.preload_retriever:
+            threading.Thread(target=ctx.warm_up, name="retriever-warm-up", daemon=True).start()
         yield
         ctx.close()
 

@@ -33,6 +33,8 @@ class ApiConfig(BaseSettings):
     kafka_timeout_s: float = Field(default=10.0, gt=0.0)
     sse_poll_s: float = Field(default=1.0, gt=0.0)
     sse_max_s: float = Field(default=600.0, gt=0.0)
+    # Load the embedding model in the background at startup, so the first search is not slow.
+    preload_retriever: bool = True
     search_max_k: int = Field(default=20, ge=1, le=100)
     # Collections every tenant may search (e.g. a product manual loaded by an operator).
     shared_collections: list[str] = Field(default_factory=list)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ from agentflow_dagster.workflows.loader import load_specs
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectStore
+
+log = logging.getLogger("agentflow.api")
+
 
 class Unavailable(RuntimeError):
     """A backing service failed; answered as 503 so the client retries."""
@@ -54,6 +58,8 @@ class ApiContext:
     metrics: ApiMetrics
     retriever_factory: Callable[[], Retriever]
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Separate, so loading the model never holds up requests that only need the engine or Redis.
+    _retriever_lock: threading.Lock = field(default_factory=threading.Lock)
     _engine: sa.Engine | None = None
     _redis: redis_lib.Redis | None = None
     _producer: KafkaProducer | None = None
@@ -111,10 +117,17 @@ class ApiContext:
 
     def retriever(self) -> Retriever:
         """Built on the first search: loading the embedding model takes seconds."""
-        with self._lock:
+        with self._retriever_lock:
             if self._retriever is None:
                 self._retriever = self.retriever_factory()
             return self._retriever
+
+    def warm_up(self) -> None:
+        """Build the retriever now; a failure is only logged, the first search retries."""
+        try:
+            self.retriever()
+        except Exception as exc:  # the search endpoint reports it as 503 when it matters
+            log.warning("retriever warm-up failed: %s", type(exc).__name__)
 
     def _get_producer(self) -> KafkaProducer:
         with self._lock:
@@ -163,6 +176,7 @@ class ApiContext:
             if self._engine is not None:
                 self._engine.dispose()
                 self._engine = None
+        with self._retriever_lock:
             if self._retriever is not None:
                 self._retriever.store.close()
                 self._retriever = None

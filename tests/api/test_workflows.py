@@ -49,8 +49,8 @@ def _record_run(
         )
         conn.execute(
             sa.text(
-                "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status, error, input_tokens, "
-                "output_tokens, cost_usd, finished_at) VALUES "
+                "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status, error, "
+                "input_tokens, output_tokens, cost_usd, finished_at) VALUES "
                 "(:p, 'classify', 'classifier', 'run-1', 1, 'failed', 'timeout', 10, 0, 0.001, now()), "
                 "(:p, 'classify', 'classifier', 'run-1', 2, 'succeeded', NULL, 100, 20, 0.002, now())"
             ),
@@ -252,7 +252,8 @@ def test_approvals_are_audited_and_published(
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                "SELECT plan_id, actor, action, subject, detail FROM audit_log WHERE action LIKE 'approval.%' AND plan_id IN (:a, :b) ORDER BY id"
+                "SELECT plan_id, actor, action, subject, detail FROM audit_log "
+                "WHERE action LIKE 'approval.%' AND plan_id IN (:a, :b) ORDER BY id"
             ),
             {"a": plan, "b": rejected},
         ).all()
@@ -317,7 +318,8 @@ def test_token_budget_answers_429_until_the_next_day(
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO llm_calls (plan_id, provider, model, input_tokens, output_tokens, cache_hit) VALUES "
+                "INSERT INTO llm_calls (plan_id, provider, model, input_tokens, output_tokens, cache_hit) "
+                "VALUES "
                 "(:p, 'offline', 'm', 60, 30, false), (:p, 'offline', 'm', 500, 500, true)"
             ),
             {"p": plan},
@@ -326,7 +328,8 @@ def test_token_budget_answers_429_until_the_next_day(
     with engine.begin() as conn:
         conn.execute(
             sa.text(
-                "INSERT INTO llm_calls (plan_id, provider, model, input_tokens, output_tokens) VALUES (:p, 'offline', 'm', 5, 5)"
+                "INSERT INTO llm_calls (plan_id, provider, model, input_tokens, output_tokens) "
+                "VALUES (:p, 'offline', 'm', 5, 5)"
             ),
             {"p": plan},
         )
