@@ -13,6 +13,7 @@ from agentflow_dagster.api.bodylimit import BodyLimitMiddleware
 from agentflow_dagster.api.config import ApiConfig
 from agentflow_dagster.api.context import ApiContext
 from agentflow_dagster.api.metrics import MetricsMiddleware
+from agentflow_dagster.observability import tracing
 from agentflow_dagster.rag.retriever import Retriever
 from agentflow_dagster.settings import Settings, get_settings
 from agentflow_dagster.workflows.spec import WorkflowSpec
@@ -35,6 +36,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if config.tracing:
+            tracing.setup_tracing("agentflow-api")
         if config.preload_retriever:
             threading.Thread(target=ctx.warm_up, name="retriever-warm-up", daemon=True).start()
         yield

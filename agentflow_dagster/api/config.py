@@ -18,6 +18,8 @@ class ApiConfig(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="AGENTFLOW_API_", extra="ignore")
 
+    # Spans to the observability exporter; `agentflow api` turns it on, tests and embedders opt in.
+    tracing: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)

@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
 from fastapi.responses import StreamingResponse
+from opentelemetry.trace import SpanKind
 
 from agentflow_dagster import names
 from agentflow_dagster.api.auth import AUTH_RESPONSES, Principal, get_ctx, require, too_many
@@ -34,6 +35,7 @@ from agentflow_dagster.api.schemas import (
     WorkflowState,
 )
 from agentflow_dagster.events import WorkflowRequest, plan_id_for
+from agentflow_dagster.observability import tracing
 from agentflow_dagster.workflows.spec import InputError
 from sensors.workflow_requests import inputs_key, trace_id_from
 
@@ -94,12 +96,6 @@ def _find_claim(ctx: ApiContext, tenant: str, key: str) -> Claim | None:
 def _span_in(trace_id: str) -> str:
     """A W3C traceparent for a new span of this hop inside `trace_id`."""
     return f"00-{trace_id}-{secrets.token_hex(8)}-01"
-
-
-def _traceparent(incoming: str | None) -> tuple[str, str]:
-    """Continue the caller's W3C trace when it sent one, else start a new trace."""
-    trace_id = trace_id_from(incoming) or secrets.token_hex(16)
-    return trace_id, _span_in(trace_id)
 
 
 def _replay(claim: Claim, request_hash: str, response: Response) -> Submitted:
@@ -166,7 +162,6 @@ def submit_workflow(
             f"daily token budget of {verdict.limit} spent ({verdict.used} used)", verdict.retry_after_s
         )
 
-    trace_id, header = _traceparent(traceparent)
     if idempotency_key is not None:
         # Derived from the key, so even a lost idempotency record maps to the same plan (and run_key).
         digest = hashlib.sha256(f"{tenant}\0{idempotency_key}".encode()).hexdigest()[:32]
@@ -174,27 +169,38 @@ def submit_workflow(
     else:
         event_id = f"api-{uuid.uuid4().hex}"
     plan_id = plan_id_for(event_id)
-    if takeover is not None:
-        trace_id, header = takeover.trace_id, _span_in(takeover.trace_id)
-    if not _insert_claim(
-        ctx, event_id, plan_id, tenant, body.workflow, idempotency_key, request_hash, trace_id
-    ):
-        prior = _find_claim(ctx, tenant, idempotency_key or "")
-        if prior is not None and prior.published:
-            return _replay(prior, request_hash, response)
-        raise HTTPException(
-            409, "a request with this Idempotency-Key is in flight", headers={"Retry-After": "1"}
-        )
-
-    try:
-        _publish_request(ctx, event_id, body, inputs, tenant, plan_id, header)
-    except Exception:
-        with ctx.engine.begin() as conn:  # let a retry claim the key again
-            conn.execute(
-                sa.text("DELETE FROM api_requests WHERE event_id = :e AND published_at IS NULL"),
-                {"e": event_id},
+    parent = _span_in(takeover.trace_id) if takeover is not None else traceparent
+    attributes = {
+        "agentflow.plan_id": plan_id,
+        "gen_ai.workflow.name": body.workflow,
+        "agentflow.tenant": tenant,
+    }
+    # The gateway's span continues the caller's trace; without a tracer provider it is a no-op.
+    with tracing.span(
+        "POST /v1/workflows",
+        kind=SpanKind.SERVER,
+        parent=parent if trace_id_from(parent) else None,
+        attributes=attributes,
+    ) as current:
+        trace_id = tracing.ids_of(current)[0] or trace_id_from(parent) or secrets.token_hex(16)
+        if not _insert_claim(
+            ctx, event_id, plan_id, tenant, body.workflow, idempotency_key, request_hash, trace_id
+        ):
+            prior = _find_claim(ctx, tenant, idempotency_key or "")
+            if prior is not None and prior.published:
+                return _replay(prior, request_hash, response)
+            raise HTTPException(
+                409, "a request with this Idempotency-Key is in flight", headers={"Retry-After": "1"}
             )
-        raise
+        try:
+            header = _publish_request(ctx, event_id, body, inputs, tenant, plan_id, trace_id)
+        except Exception:
+            with ctx.engine.begin() as conn:  # let a retry claim the key again
+                conn.execute(
+                    sa.text("DELETE FROM api_requests WHERE event_id = :e AND published_at IS NULL"),
+                    {"e": event_id},
+                )
+            raise
     claim = Claim(event_id, plan_id, body.workflow, trace_id, request_hash, True, False)
     with ctx.engine.begin() as conn:
         conn.execute(
@@ -269,8 +275,9 @@ def _publish_request(
     inputs: dict[str, Any],
     tenant: str,
     plan_id: str,
-    traceparent: str,
-) -> None:
+    trace_id: str,
+) -> str:
+    """Publish the request inside a producer span; returns the traceparent it carries."""
     blob = json.dumps(inputs, separators=(",", ":")).encode()
     inputs_ref = None
     if len(blob) > ctx.settings.inline_input_limit:
@@ -286,7 +293,12 @@ def _publish_request(
         priority=body.priority,
         inputs_ref=inputs_ref,
     )
-    ctx.publish(names.TOPIC_REQUESTS, event_id, req.model_dump_json().encode(), {"traceparent": traceparent})
+    with tracing.send_span(
+        names.TOPIC_REQUESTS, agentflow__plan_id=plan_id, gen_ai__workflow__name=body.workflow
+    ):
+        header = tracing.inject_traceparent() or _span_in(trace_id)
+        ctx.publish(names.TOPIC_REQUESTS, event_id, req.model_dump_json().encode(), {"traceparent": header})
+    return header
 
 
 def _plan_row(ctx: ApiContext, plan_id: str, tenant: str) -> dict[str, Any] | None:
@@ -519,12 +531,15 @@ def approve(
         tenant=principal.tenant,
     )
     trace_id = row.get("trace_id") or secrets.token_hex(16)
-    ctx.publish(
-        names.TOPIC_APPROVALS,
-        plan_id,
-        decision.model_dump_json().encode(),
-        {"traceparent": _span_in(trace_id)},
-    )
+    # The decision joins the plan's trace, so the resumed run shows who approved it and when.
+    with (
+        tracing.span(f"POST approvals {body.decision}", kind=SpanKind.SERVER, parent=_span_in(trace_id)),
+        tracing.send_span(names.TOPIC_APPROVALS, agentflow__plan_id=plan_id, agentflow__task_id=body.task_id),
+    ):
+        header = tracing.inject_traceparent() or _span_in(trace_id)
+        ctx.publish(
+            names.TOPIC_APPROVALS, plan_id, decision.model_dump_json().encode(), {"traceparent": header}
+        )
     ctx.metrics.approvals.labels(body.decision).inc()
     return ApprovalAccepted(
         event_id=decision.event_id, plan_id=plan_id, task_id=body.task_id, decision=body.decision

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from agentflow_dagster.api.config import ApiConfig
@@ -12,7 +14,10 @@ from agentflow_dagster.api.config import ApiConfig
 @click.option("--port", type=int, default=None, help="Port (default AGENTFLOW_API_PORT or 8080).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
 @click.option("--no-migrate", is_flag=True, help="Skip bringing the app schema to the newest revision.")
-def api(host: str | None, port: int | None, workers: int, no_migrate: bool) -> None:
+@click.option(
+    "--no-tracing", is_flag=True, help="Do not export spans (OTEL_* variables choose the exporter)."
+)
+def api(host: str | None, port: int | None, workers: int, no_migrate: bool, no_tracing: bool) -> None:
     """Serve the gateway (OpenAPI at /openapi.json, docs at /docs)."""
     import uvicorn
 
@@ -20,6 +25,8 @@ def api(host: str | None, port: int | None, workers: int, no_migrate: bool) -> N
     from agentflow_dagster.resources_env import build_resources
     from agentflow_dagster.settings import get_settings
 
+    if not no_tracing:
+        os.environ.setdefault("AGENTFLOW_API_TRACING", "true")  # read by every worker's create_app
     config = ApiConfig()
     if not no_migrate:
         migrate(build_resources(get_settings())["postgres"].url)

@@ -358,3 +358,36 @@ def test_kafka_down_is_503_and_leaves_no_claim(
         assert not conn.execute(
             sa.text("SELECT 1 FROM api_requests WHERE idempotency_key = :k"), {"k": key}
         ).first()
+
+
+def test_submit_spans_continue_the_callers_trace(
+    client: TestClient, keys: Keys, kafka_bootstrap: str
+) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from agentflow_dagster.observability import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing.use_provider(provider)
+    try:
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        headers = {**keys("acme"), "traceparent": f"00-{trace}-00f067aa0ba902b7-01"}
+        r = client.post("/v1/workflows", json=BODY, headers=headers)
+        assert r.status_code == 202 and r.json()["trace_id"] == trace
+    finally:
+        tracing.use_provider(None)
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    server, send = spans["POST /v1/workflows"], spans[f"send {names.TOPIC_REQUESTS}"]
+    assert server.parent is not None and f"{server.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert send.parent is not None and send.parent.span_id == server.context.span_id
+    assert server.attributes is not None and server.attributes["agentflow.plan_id"] == r.json()["plan_id"]
+    [record] = [
+        rec
+        for rec in read_topic(kafka_bootstrap, names.TOPIC_REQUESTS)
+        if json.loads(rec.value)["event_id"] == r.json()["event_id"]
+    ]
+    assert record.headers["traceparent"].decode() == f"00-{trace}-{send.context.span_id:016x}-01"
