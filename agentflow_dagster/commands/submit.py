@@ -78,6 +78,20 @@ def wait_for_result(
         consumer.close()
 
 
+def _check_against_spec(req: WorkflowRequest) -> None:
+    """Refuse locally what the sensor would dead-letter: an unknown workflow or undeclared inputs."""
+    from agentflow_dagster.workflows.loader import load_specs
+
+    specs = load_specs()
+    spec = specs.get(req.workflow)
+    if spec is None:
+        raise click.UsageError(f"unknown workflow {req.workflow!r}; known: {', '.join(sorted(specs))}")
+    try:
+        spec.validate_inputs(req.inputs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
 @click.command()
 @click.argument("workflow")
 @click.option("--input", "pairs", multiple=True, metavar="K=V", help="an input; V is JSON or text")
@@ -108,6 +122,7 @@ def submit(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    _check_against_spec(req)
     kafka: KafkaResource = build_resources(get_settings())["kafka"]
     start = result_offsets(kafka) if wait else {}
     tracing.setup_tracing("agentflow-cli")
