@@ -107,9 +107,9 @@ class RequestIntake:
             traceparent = f"00-{trace_id}-{secrets.token_hex(8)}-01"
         else:
             traceparent = header.strip().lower()
-        # The sensor's own span joins the submitter's trace; the run is parented to it through the run tags.
+        # The sensor's span joins the submitter's trace; the run tag keeps the submitter's context unchanged.
         with tracing.process_span(record.topic, traceparent, agentflow__plan_id=req.plan_id):
-            traceparent = tracing.inject_traceparent() or traceparent
+            pass
         try:
             run_config = self.run_config(req, version, traceparent)
         except ValueError as exc:

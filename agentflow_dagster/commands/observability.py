@@ -23,7 +23,7 @@ def _postgres_url() -> str:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=None, help="defaults to AGENTFLOW_METRICS_PORT (9464)")
 def metrics_server(host: str, port: int | None) -> None:
-    """Serve Prometheus metrics on /metrics, derived from Postgres, Dagster, Kafka and the stack's processes."""
+    """Serve /metrics, derived from Postgres, Dagster, Kafka and the stack's processes."""
     import dagster as dg
 
     from agentflow_dagster.observability.metrics import AgentflowCollector, build_registry, serve

@@ -17,10 +17,12 @@ from agentflow_dagster.observability.evaluation import Embed, evaluate_call
 from agentflow_dagster.observability.redaction import Redactor, redactor_from_settings
 
 _INSERT = sa.text(
-    "INSERT INTO llm_calls (plan_id, task_id, run_id, trace_id, span_id, provider, model, prompt, prompt_ref, "
+    "INSERT INTO llm_calls (plan_id, task_id, run_id, trace_id, span_id, provider, model, prompt, "
+    "prompt_ref, "
     "response, response_ref, latency_ms, input_tokens, output_tokens, cost_usd, finish_reason, cache_hit, "
     "attempt, error, evaluation, content_mode, redactions) VALUES (:plan_id, :task_id, :run_id, :trace_id, "
-    ":span_id, :provider, :model, CAST(:prompt AS jsonb), :prompt_ref, :response, :response_ref, :latency_ms, "
+    ":span_id, :provider, :model, CAST(:prompt AS jsonb), :prompt_ref, :response, :response_ref, "
+    ":latency_ms, "
     ":input_tokens, :output_tokens, :cost_usd, :finish_reason, :cache_hit, :attempt, :error, "
     "CAST(:evaluation AS jsonb), :content_mode, CAST(:redactions AS jsonb))"
 )
@@ -95,7 +97,8 @@ class ObservedCallRecorder:
         """Store `blob` when it is above the inline limit; returns its `s3://` reference."""
         if self.store is None or len(blob) <= self.settings.llm_content_inline_limit:
             return None
-        key = f"llm_calls/{self.plan_id or 'no-plan'}/{self.task_id or 'no-task'}/{span_id or _digest(blob)}-{kind}"
+        name = f"{span_id or _digest(blob)}-{kind}"
+        key = f"llm_calls/{self.plan_id or 'no-plan'}/{self.task_id or 'no-task'}/{name}"
         content_type = "application/json" if kind == "prompt.json" else "text/plain; charset=utf-8"
         self.store.put(BUCKET_ARTIFACTS, key, blob, content_type)
         return f"s3://{BUCKET_ARTIFACTS}/{key}"
@@ -180,7 +183,8 @@ def task_llm_totals(engine: sa.Engine, plan_id: str, task_id: str, run_id: str) 
         row = conn.execute(
             sa.text(
                 "SELECT count(*), COALESCE(sum(input_tokens), 0), COALESCE(sum(output_tokens), 0), "
-                "COALESCE(sum(cost_usd), 0), COALESCE(sum(latency_ms), 0), count(*) FILTER (WHERE error IS NOT NULL), "
+                "COALESCE(sum(cost_usd), 0), COALESCE(sum(latency_ms), 0), count(*) FILTER (WHERE error "
+                "IS NOT NULL), "
                 "avg((evaluation->>'groundedness')::float), avg((evaluation->>'answer_relevance')::float), "
                 "avg(CASE WHEN (evaluation->>'schema_valid')::boolean THEN 1.0 ELSE 0.0 END) "
                 "FILTER (WHERE evaluation ? 'schema_valid' AND evaluation->>'schema_valid' IS NOT NULL) "

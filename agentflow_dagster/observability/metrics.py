@@ -71,7 +71,7 @@ def _histogram(
     return fam
 
 
-@dataclass
+@dataclass(eq=False)  # registries key collectors by identity
 class AgentflowCollector(Collector):
     """Collects every agentflow metric on each scrape; a failing source is reported, not fatal."""
 
@@ -155,7 +155,8 @@ class AgentflowCollector(Collector):
             )
             for agent, n_retry, n_fail in conn.execute(
                 sa.text(
-                    "SELECT agent, count(*) FILTER (WHERE attempt > 1), count(*) FILTER (WHERE status = 'failed') "
+                    "SELECT agent, count(*) FILTER (WHERE attempt > 1), count(*) FILTER (WHERE status = "
+                    "'failed') "
                     "FROM task_runs GROUP BY agent"
                 )
             ):
@@ -167,7 +168,8 @@ class AgentflowCollector(Collector):
             )
             for topic, n in conn.execute(
                 sa.text(
-                    "SELECT COALESCE(detail->>'dlq_topic', subject), count(*) FROM audit_log WHERE action = :a "
+                    "SELECT COALESCE(detail->>'dlq_topic', subject), count(*) FROM audit_log WHERE "
+                    "action = :a "
                     "GROUP BY 1"
                 ),
                 {"a": DLQ_ACTION},
@@ -317,7 +319,7 @@ def sensor_cursors(instance: Any, sensor_topics: Mapping[str, str]) -> dict[str,
 
 
 def build_registry(collector: AgentflowCollector) -> CollectorRegistry:
-    """A registry holding only our collector (the default one would add this process's own process_* series)."""
+    """A registry with only our collector (the default one adds this process's own process_* series)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry

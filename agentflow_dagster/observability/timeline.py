@@ -36,14 +36,17 @@ def load_timeline(engine: sa.Engine, plan_id: str) -> dict[str, Any] | None:
             return None
         tasks = _rows(
             conn,
-            "SELECT task_id, agent, run_id, attempt, status, reused, error, input_tokens, output_tokens, cost_usd, "
+            "SELECT task_id, agent, run_id, attempt, status, reused, error, input_tokens, output_tokens, "
+            "cost_usd, "
             "started_at, finished_at FROM task_runs WHERE plan_id = :p ORDER BY started_at, id",
             p=plan_id,
         )
         calls = _rows(
             conn,
-            "SELECT id, created_at, task_id, run_id, trace_id, span_id, provider, model, latency_ms, input_tokens, "
-            "output_tokens, cost_usd, finish_reason, cache_hit, attempt, error, evaluation, prompt_ref, response_ref "
+            "SELECT id, created_at, task_id, run_id, trace_id, span_id, provider, model, latency_ms, "
+            "input_tokens, "
+            "output_tokens, cost_usd, finish_reason, cache_hit, attempt, error, evaluation, prompt_ref, "
+            "response_ref "
             "FROM llm_calls WHERE plan_id = :p ORDER BY created_at, id",
             p=plan_id,
         )
@@ -87,13 +90,15 @@ def render_timeline(doc: dict[str, Any]) -> str:
     for t in doc["tasks"]:
         took = ""
         if t["finished_at"]:
-            took = f" {(datetime.fromisoformat(t['finished_at']) - datetime.fromisoformat(t['started_at'])).total_seconds():.2f}s"
+            spent = datetime.fromisoformat(t["finished_at"]) - datetime.fromisoformat(t["started_at"])
+            took = f" {spent.total_seconds():.2f}s"
         flag = " reused" if t["reused"] else ""
         err = f"  error: {t['error'][:160]}" if t["error"] else ""
         events.append(
             (
                 t["started_at"],
-                f"  {_at(t['started_at'], origin)}  task {t['task_id']} ({t['agent']}) attempt {t['attempt']} "
+                f"  {_at(t['started_at'], origin)}  task {t['task_id']} ({t['agent']}) attempt "
+                f"{t['attempt']} "
                 f"{t['status']}{flag}{took} tokens {t['input_tokens']}/{t['output_tokens']} "
                 f"cost ${float(t['cost_usd'] or 0):.6f}{err}",
             )
@@ -111,7 +116,8 @@ def render_timeline(doc: dict[str, Any]) -> str:
             (
                 c["created_at"],
                 f"  {_at(c['created_at'], origin)}    llm {c['provider']}/{c['model']} task {c['task_id']} "
-                f"attempt {c['attempt']} {c['latency_ms'] or 0:.0f}ms tokens {c['input_tokens']}/{c['output_tokens']} "
+                f"attempt {c['attempt']} {c['latency_ms'] or 0:.0f}ms tokens "
+                f"{c['input_tokens']}/{c['output_tokens']} "
                 f"${float(c['cost_usd'] or 0):.6f} finish={c['finish_reason']}{score}{err}",
             )
         )
@@ -122,7 +128,8 @@ def render_timeline(doc: dict[str, Any]) -> str:
     )
     t = doc["totals"]
     lines.append(
-        f"totals: {t['task_attempts']} task attempts ({t['task_failures']} failed), {t['llm_calls']} LLM calls "
+        f"totals: {t['task_attempts']} task attempts ({t['task_failures']} failed), {t['llm_calls']} LLM "
+        f"calls "
         f"({t['llm_errors']} errors), tokens {t['input_tokens']} in / {t['output_tokens']} out, "
         f"cost ${t['cost_usd']:.6f}, LLM time {t['llm_latency_ms']:.0f}ms"
     )

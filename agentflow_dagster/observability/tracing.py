@@ -119,23 +119,27 @@ def instrument_clients(provider: TracerProvider) -> list[str]:
     if _instrumented:
         return []
     _instrumented = True
-    done = []
+    done: list[str] = []
     try:
         from opentelemetry.instrumentation.kafka import KafkaInstrumentor
         from opentelemetry.instrumentation.redis import RedisInstrumentor
         from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     except ImportError:  # the instrumentation packages are optional at run time
         return done
+    chosen: list[tuple[str, Any]] = [("redis", RedisInstrumentor())]
+    # Opt-in: the Kafka instrumentation appends its own `traceparent` header to every produced record (a
+    # second one next to ours) and only traces iteration, not poll(); our send/process spans cover both.
+    if os.environ.get("AGENTFLOW_OTEL_KAFKA_INSTRUMENTATION", "").lower() in ("1", "true", "yes"):
+        chosen.append(("kafka", KafkaInstrumentor()))
     for name, inst in (
-        ("kafka", KafkaInstrumentor()),
-        ("redis", RedisInstrumentor()),
+        *chosen,
         # SQLAlchemy 2.1 is newer than the package's declared range; its event hooks are unchanged.
         ("sqlalchemy", SQLAlchemyInstrumentor()),
     ):
         try:
             inst.instrument(tracer_provider=provider, skip_dep_check=True)
             done.append(name)
-        except Exception:  # noqa: BLE001 - instrumentation must never break the platform
+        except Exception:  # noqa: BLE001, S112 - instrumentation must never break the platform
             continue
     return done
 

@@ -134,3 +134,26 @@ def check_dagster(webserver_url: str) -> list[Check]:
         detail = "agentflow loaded" if ok else (err.get("message") or loc["loadStatus"])[:300]
         checks.append(Check("code_location", webserver_url, ok, detail))
     return checks
+
+
+def check_metrics(url: str) -> Check:
+    """Scrape /metrics and parse it; healthy when every source it aggregates answered."""
+
+    def probe() -> str:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        resp = httpx.get(url, timeout=15)
+        resp.raise_for_status()
+        families = list(text_string_to_metric_families(resp.text))
+        down = [
+            s.labels["source"]
+            for f in families
+            if f.name == "agentflow_metrics_source_up"
+            for s in f.samples
+            if s.value == 0
+        ]
+        if down:
+            raise RuntimeError(f"sources not answering: {', '.join(down)}; see the metrics log")
+        return f"{len(families)} metric families"
+
+    return _run("metrics", url, probe)

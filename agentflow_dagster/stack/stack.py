@@ -104,6 +104,7 @@ class Stack:
         self.prepare()
         ensure("dagster_webserver", None, self._start_webserver)
         ensure("dagster_daemon", None, self._start_daemon)
+        ensure("metrics", None, self._start_metrics)
         self.save_state(state)
         self._wait_webserver()
         return self.addresses()
@@ -180,6 +181,14 @@ class Stack:
         svc.address = str(self.data / "dagster_home")
         return svc
 
+    def _start_metrics(self) -> Service:
+        port = self.settings.metrics_port
+        services._require_free("metrics", port)
+        args = [sys.executable, "-m", "agentflow_dagster", "metrics-server", "--port", str(port)]
+        svc = self._spawn("metrics", args)
+        svc.address = f"http://127.0.0.1:{port}/metrics"
+        return svc
+
     def _wait_webserver(self, timeout: float = 180) -> None:
         url = self.addresses()["dagster_webserver"]
 
@@ -211,6 +220,7 @@ class Stack:
             checks.check_kafka(addr["kafka"]),
             checks.check_object_store(store, addr["object_store"]),
             *checks.check_dagster(addr["dagster_webserver"]),
+            checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
         ]
         return result
 
@@ -218,7 +228,7 @@ class Stack:
         """Stop, in reverse order, only the processes this data directory's `up` started."""
         state = self.load_state()
         stopped = []
-        for name in ("dagster_daemon", "dagster_webserver", "kafka", "redis", "postgres"):
+        for name in ("metrics", "dagster_daemon", "dagster_webserver", "kafka", "redis", "postgres"):
             rec = state["services"].get(name)
             if not rec or not rec.get("managed"):
                 continue

@@ -1,4 +1,4 @@
-"""One workflow, one trace: submit span -> Kafka header -> sensor span -> run tags -> worker process -> LLM spans."""
+"""One workflow, one trace: submit -> Kafka header -> sensor -> run tags -> worker process -> LLM spans."""
 
 from __future__ import annotations
 
@@ -22,7 +22,16 @@ from sensors.workflow_requests import TAG_TRACEPARENT, RequestIntake
 from tests.observability.conftest import file_spans, finish, spawn_worker
 
 pytestmark = pytest.mark.timeout(180)
-OUR_SPANS = {"send", "process", "invoke_workflow", "invoke_agent", "chat", "retrieval", "embeddings", "execute_tool"}
+OUR_SPANS = {
+    "send",
+    "process",
+    "invoke_workflow",
+    "invoke_agent",
+    "chat",
+    "retrieval",
+    "embeddings",
+    "execute_tool",
+}
 
 
 def _norm_memory(span: Any) -> dict[str, Any]:
@@ -98,10 +107,14 @@ def test_one_trace_from_submit_to_every_llm_span(
             node = everything[node["parent_id"]]  # KeyError = a broken chain
             chain.append(node["name"].split(" ")[0])
         assert node is root
-        assert chain == ["invoke_agent", "invoke_workflow", "process", "send"]
+        assert chain == ["invoke_agent", "invoke_workflow", "send"]
         attrs = chat["attributes"]
-        assert attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "offline-extractive"
+        assert (
+            attrs["gen_ai.operation.name"] == "chat" and attrs["gen_ai.provider.name"] == "offline-extractive"
+        )
         assert attrs["gen_ai.usage.input_tokens"] > 0 and attrs["agentflow.plan_id"] == req.plan_id
         assert "gen_ai.input.messages" not in attrs  # content capture is opt-in
+    sensor = next(s for s in local if s["name"] == f"process {names.TOPIC_REQUESTS}")
+    assert sensor["parent_id"] == root["span_id"]
     wf = next(s for s in remote if s["name"] == "invoke_workflow support_triage")
     assert wf["attributes"]["gen_ai.workflow.name"] == "support_triage"

@@ -95,6 +95,7 @@ def test_up_status_down_up_keeps_data_and_serves_ui(stack_env, tmp_path: Path) -
         "dagster_webserver",
         "dagster_daemon",
         "code_location",
+        "metrics",
     }
     assert all(c["healthy"] for c in components.values()), components
     assert str(ports["kafka"]) in components["kafka"]["address"]
