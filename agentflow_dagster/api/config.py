@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -20,6 +22,11 @@ class ApiConfig(BaseSettings):
 
     # Spans to the observability exporter; `agentflow api` turns it on, tests and embedders opt in.
     tracing: bool = False
+    # "kafka" publishes to agentflow.workflow.requests; "direct" launches through Dagster's GraphQL API.
+    launch: Literal["kafka", "direct"] = "kafka"
+    dagster_graphql_url: str = "http://127.0.0.1:3000"
+    dagster_location: str = "agentflow"
+    dagster_repository: str = "__repository__"
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)

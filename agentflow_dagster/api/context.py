@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis as redis_lib
 import sqlalchemy as sa
@@ -24,6 +24,9 @@ from agentflow_dagster.workflows.loader import load_specs
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectStore
+
+if TYPE_CHECKING:
+    from agentflow_dagster.api.direct import DirectLauncher
 
 log = logging.getLogger("agentflow.api")
 
@@ -121,6 +124,19 @@ class ApiContext:
             if self._retriever is None:
                 self._retriever = self.retriever_factory()
             return self._retriever
+
+    @property
+    def launcher(self) -> DirectLauncher:
+        """The GraphQL launcher of the direct path (config.launch == "direct")."""
+        from agentflow_dagster.api.direct import DirectLauncher
+
+        return DirectLauncher(
+            self.config.dagster_graphql_url,
+            location=self.config.dagster_location,
+            repository=self.config.dagster_repository,
+            redis=self.redis,
+            timeout_s=self.config.kafka_timeout_s * 3,
+        )
 
     def warm_up(self) -> None:
         """Build the retriever now; a failure is only logged, the first search retries."""

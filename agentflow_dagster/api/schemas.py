@@ -42,6 +42,7 @@ class Submitted(BaseModel):
     workflow: str
     trace_id: str
     status: WorkflowStatus = "submitted"
+    run_id: str | None = Field(default=None, description="the Dagster run, when launched directly")
     replayed: bool = Field(
         default=False, description="true when an Idempotency-Key matched an earlier request"
     )

@@ -193,7 +193,7 @@ def submit_workflow(
                 409, "a request with this Idempotency-Key is in flight", headers={"Retry-After": "1"}
             )
         try:
-            header = _publish_request(ctx, event_id, body, inputs, tenant, plan_id, trace_id)
+            header, run_id = _publish_request(ctx, event_id, body, inputs, tenant, plan_id, trace_id)
         except Exception:
             with ctx.engine.begin() as conn:  # let a retry claim the key again
                 conn.execute(
@@ -225,7 +225,9 @@ def submit_workflow(
     ctx.metrics.submitted.labels(body.workflow, "false").inc()
     response.headers["Location"] = f"/v1/workflows/{plan_id}"
     response.headers["traceparent"] = header
-    return Submitted(event_id=event_id, plan_id=plan_id, workflow=body.workflow, trace_id=trace_id)
+    return Submitted(
+        event_id=event_id, plan_id=plan_id, workflow=body.workflow, trace_id=trace_id, run_id=run_id
+    )
 
 
 def _insert_claim(
@@ -276,8 +278,8 @@ def _publish_request(
     tenant: str,
     plan_id: str,
     trace_id: str,
-) -> str:
-    """Publish the request inside a producer span; returns the traceparent it carries."""
+) -> tuple[str, str | None]:
+    """Publish (or launch) the request; returns the traceparent it carries and the run id if launched."""
     blob = json.dumps(inputs, separators=(",", ":")).encode()
     inputs_ref = None
     if len(blob) > ctx.settings.inline_input_limit:
@@ -293,12 +295,22 @@ def _publish_request(
         priority=body.priority,
         inputs_ref=inputs_ref,
     )
+    if ctx.config.launch == "direct":
+        return _launch_request(ctx, req, ctx.specs[body.workflow].version, trace_id)
     with tracing.send_span(
         names.TOPIC_REQUESTS, agentflow__plan_id=plan_id, gen_ai__workflow__name=body.workflow
     ):
         header = tracing.inject_traceparent() or _span_in(trace_id)
         ctx.publish(names.TOPIC_REQUESTS, event_id, req.model_dump_json().encode(), {"traceparent": header})
-    return header
+    return header, None
+
+
+def _launch_request(ctx: ApiContext, req: WorkflowRequest, version: str, trace_id: str) -> tuple[str, str]:
+    """The direct path: one Dagster run per event_id through the webserver's GraphQL API."""
+    with tracing.span(f"launch {req.workflow}", attributes={"agentflow.plan_id": req.plan_id}):
+        header = tracing.inject_traceparent() or _span_in(trace_id)
+        run_id, _ = ctx.launcher.launch(req, version, header)
+    return header, run_id
 
 
 def _plan_row(ctx: ApiContext, plan_id: str, tenant: str) -> dict[str, Any] | None:
