@@ -52,11 +52,11 @@ def test_submit_wait_prints_the_result(
         out = CliRunner().invoke(
             submit,
             [
-                "echo_flow",
+                "support_triage",
                 "--input",
-                "question=why",
+                "message=why",
                 "--input",
-                "n=3",
+                "customer_tier=gold",
                 "--tenant",
                 "acme",
                 "--wait",
@@ -69,7 +69,29 @@ def test_submit_wait_prints_the_result(
         get_settings.cache_clear()
     assert out.exit_code == 0, out.output
     req, traceparent = seen[0]
-    assert req.inputs == {"question": "why", "n": 3} and req.tenant == "acme"
+    assert req.inputs == {"message": "why", "customer_tier": "gold"} and req.tenant == "acme"
     first, rest = out.output.split("\n", 1)
     assert first == f"event_id={req.event_id} plan_id={req.plan_id} trace_id={trace_id_from(traceparent)}"
-    assert json.loads(rest)["output"] == {"echo": {"question": "why", "n": 3}}
+    assert json.loads(rest)["output"] == {"echo": {"message": "why", "customer_tier": "gold"}}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["no_such_flow", "--input", "x=1"], "unknown workflow 'no_such_flow'"),
+        (["support_triage", "--input", "question=why"], "undeclared inputs ['question']"),
+        (["support_triage"], "message"),
+    ],
+)
+def test_submit_refuses_what_the_sensor_would_dead_letter(
+    kafka: KafkaResource, kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.setenv("AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    get_settings.cache_clear()
+    cursor = end_cursor(kafka, names.TOPIC_REQUESTS)
+    try:
+        out = CliRunner().invoke(submit, args)
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 2 and message in out.output, out.output
+    assert read_all(kafka, names.TOPIC_REQUESTS, cursor) == []
