@@ -11,14 +11,6 @@ fi
 GRPC_PORT=4000
 WORKSPACE=${DAGSTER_WORKSPACE:-/opt/dagster/app/workspace.yaml}
 
-need_command() {
-  # The API and metrics commands belong to other parts of the CLI: fail with a clear line, not a traceback.
-  if ! agentflow --help 2>/dev/null | grep -Eq "^  $1( |$)"; then
-    echo "agentflow-entrypoint: role '$AGENTFLOW_ROLE' needs 'agentflow $1', which this build's CLI does not have" >&2
-    exit 64
-  fi
-}
-
 case "${AGENTFLOW_ROLE:-code-server}" in
   code-server)
     exec dagster api grpc -h 0.0.0.0 -p "$GRPC_PORT" -m agentflow_dagster.definitions ;;
@@ -27,13 +19,11 @@ case "${AGENTFLOW_ROLE:-code-server}" in
   daemon)
     exec dagster-daemon run -w "$WORKSPACE" ;;
   api)
-    need_command api
     # `agentflow api` reads AGENTFLOW_API_HOST / AGENTFLOW_API_PORT (agentflow_dagster/api/config.py).
     export AGENTFLOW_API_HOST="${AGENTFLOW_API_HOST:-0.0.0.0}" AGENTFLOW_API_PORT="${AGENTFLOW_API_PORT:-8080}"
     exec agentflow api ;;
   metrics)
-    need_command metrics
-    exec agentflow metrics --host 0.0.0.0 --port "${AGENTFLOW_METRICS_PORT:-9464}" ;;
+    exec agentflow metrics-server --host 0.0.0.0 --port "${AGENTFLOW_METRICS_PORT:-9464}" ;;
   init)
     # One-shot: app schema migrations, Kafka topics, then Dagster's own storage schema.
     python - <<'PY'
