@@ -55,7 +55,8 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("dagster_direct")
     (root / "jobs.py").write_text(JOB)
     (root / "workspace.yaml").write_text(
-        f"load_from:\n  - python_file:\n      relative_path: {root / 'jobs.py'}\n      location_name: direct_test\n"
+        f"load_from:\n  - python_file:\n      relative_path: {root / 'jobs.py'}\n"
+        "      location_name: direct_test\n"
     )
     home = root / "home"
     home.mkdir()

@@ -26,7 +26,7 @@ CHECKS = [
     response_headers_conformance,
 ]
 # Bounded so the whole contract test stays well under a minute.
-EXAMPLES = 30
+EXAMPLES = 60
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
