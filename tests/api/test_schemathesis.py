@@ -26,7 +26,7 @@ CHECKS = [
     response_headers_conformance,
 ]
 # Bounded so the whole contract test stays well under a minute.
-EXAMPLES = 60
+EXAMPLES = 40
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
