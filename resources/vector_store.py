@@ -20,6 +20,8 @@ class VectorStoreResource(dg.ConfigurableResource):
     opensearch_password: str = ""
     opensearch_verify_certs: bool = True
     index_prefix: str = "agentflow-rag"
+    opensearch_shards: int = 1
+    opensearch_replicas: int = 0
     engine: str = "lucene"
     space_type: str = "cosinesimil"
     hnsw_m: int = 16
@@ -68,6 +70,8 @@ class VectorStoreResource(dg.ConfigurableResource):
                 hnsw_m=self.hnsw_m,
                 hnsw_ef_construction=self.hnsw_ef_construction,
                 ef_search=self.ef_search,
+                shards=self.opensearch_shards,
+                replicas=self.opensearch_replicas,
             )
         raise ValueError(f"vector store backend {self.backend!r} is not 'pgvector' or 'opensearch'")
 

@@ -40,7 +40,9 @@ def load_sentence_transformer(path: str, device: str) -> Any:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a progress bar per load clutters CLI output and run logs
     with _load_lock:
         return SentenceTransformer(path, device=device, local_files_only=True)
 

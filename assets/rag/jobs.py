@@ -9,6 +9,8 @@ rag_index_job = dg.define_asset_job(
     "rag_index_job",
     selection=dg.AssetSelection.groups("rag"),
     partitions_def=collections_partitions,
+    # One process per run: the embedding model is loaded once, not once per step subprocess.
+    executor_def=dg.in_process_executor,
     description="Bring one collection's index up to date (incremental) and run its checks.",
 )
 

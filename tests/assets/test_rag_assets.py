@@ -102,7 +102,7 @@ def test_ingest_query_update_delete_rebuild(
         "Malformed events are quarantined in a separate topic so an operator can replay them after a fix.",
     )
     objects.put(names.BUCKET_DOCUMENTS, key, edited.encode())
-    chunker = Chunker(**CHUNKING)
+    chunker = Chunker(CHUNKING["chunk_size"], CHUNKING["chunk_overlap"])
     old_ids = {c.chunk_id for c in chunker.split(collection, key, KAFKA_MD)}
     new_chunks = chunker.split(collection, key, edited)
     changed = {c.chunk_id for c in new_chunks} - old_ids
@@ -166,3 +166,23 @@ def test_unparseable_document_is_reported_not_fatal(
     failed = meta(result, "raw_documents")["failed"]
     assert set(failed) == {f"{c}/bad.pdf", f"{c}/notes.docx"} and "docx" in failed[f"{c}/notes.docx"]
     assert meta(result, "rag_index")["vectors"] == 1
+
+
+def test_nightly_schedule_requests_every_collection(instance: dg.DagsterInstance) -> None:
+    from datetime import UTC, datetime
+
+    from assets.rag import rag_index_job, rag_nightly_schedule
+
+    instance.add_dynamic_partitions(COLLECTIONS, ["alpha", "beta"])
+    when = datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as context:
+        requests = rag_nightly_schedule(context)
+    assert isinstance(requests, list) and all(isinstance(r, dg.RunRequest) for r in requests)
+    assert [(r.partition_key, r.run_key) for r in requests if isinstance(r, dg.RunRequest)] == [
+        ("alpha", "rag-nightly-2026-01-02-alpha"),
+        ("beta", "rag-nightly-2026-01-02-beta"),
+    ]
+    assert (
+        rag_nightly_schedule.cron_schedule == "0 3 * * *"
+        and rag_nightly_schedule.job_name == rag_index_job.name
+    )
