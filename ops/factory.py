@@ -1,11 +1,13 @@
 """The one op factory: every agent task of every workflow becomes an op built here."""
 
 # No `from __future__ import annotations`: Dagster inspects the compute functions' annotations at runtime.
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+import redis as redis_lib
 
 from agentflow_dagster.agents.roles import AgentRole, get_agent
 from agentflow_dagster.agents.runner import AgentError, AgentRun, run_agent
@@ -215,15 +217,7 @@ class _TaskExecution:
         if cached is not None:
             self.record_reuse()
             return cached, True
-        lock = TaskLock(
-            self.context.resources.redis.client,
-            lock_key(self.plan_id, self.task_key),
-            ttl_ms=int((self.task.timeout_s + 60) * 1000),
-        )
-        if not wait_for_lock(lock, self.task.timeout_s + 30):
-            raise RuntimeError(
-                f"{self.task_key} of {self.plan_id} is running on another worker ({lock.holder()})"
-            )
+        lock = self.acquire_lock()
         try:
             # The worker that held the lock may have finished this task while we waited.
             cached = self.store.get(self.plan_id, self.task_key, self.digest)
@@ -235,7 +229,40 @@ class _TaskExecution:
             self.store.put(self.plan_id, self.task_key, self.digest, run.agent, run.provider, result)
             return result, False
         finally:
-            lock.release()
+            if lock is not None:
+                with contextlib.suppress(redis_lib.RedisError):
+                    lock.release()  # Redis gone meanwhile: the TTL frees the key
+
+    def acquire_lock(self) -> TaskLock | None:
+        """The task's Redis lock; None when Redis is unreachable (the task runs unlocked rather than fail).
+
+        The lock only stops two live workers paying for the same call; `task_outputs` (first writer
+        wins) keeps the result single, so losing the lock while Redis is down costs at most a duplicate call.
+        """
+        lock = TaskLock(
+            self.context.resources.redis.client,
+            lock_key(self.plan_id, self.task_key),
+            ttl_ms=int((self.task.timeout_s + 60) * 1000),
+            owner=self.context.run_id,
+        )
+        try:
+            acquired = wait_for_lock(lock, self.task.timeout_s + 30, owner_dead=self.run_is_over)
+        except redis_lib.RedisError as exc:
+            self.context.log.warning(f"{self.task_key}: Redis unavailable ({exc}); running without the lock")
+            self.audit("task.lock_unavailable", error=str(exc)[:300])
+            return None
+        if not acquired:
+            raise RuntimeError(
+                f"{self.task_key} of {self.plan_id} is running on another worker ({lock.holder()})"
+            )
+        return lock
+
+    def run_is_over(self, run_id: str) -> bool:
+        """True when `run_id` (a lock owner) is a finished run of this instance: its worker is gone."""
+        if run_id == self.context.run_id:
+            return False
+        run = self.context.instance.get_run_by_id(run_id)
+        return run is not None and run.is_finished
 
 
 def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[str] = ()) -> dg.OpDefinition:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import redis as redis_lib
@@ -75,9 +76,10 @@ class TaskOutputStore:
 class TaskLock:
     """`SET key token NX PX ttl`; released only by its owner, so an expired lock is never freed by mistake."""
 
-    def __init__(self, client: redis_lib.Redis, key: str, ttl_ms: int):
+    def __init__(self, client: redis_lib.Redis, key: str, ttl_ms: int, owner: str = ""):
         self.client, self.key, self.ttl_ms = client, key, ttl_ms
-        self.token = uuid.uuid4().hex
+        # The owner (a Dagster run id) travels in the token, so a waiter can tell whose lock it is.
+        self.token = f"{owner}/{uuid.uuid4().hex}"
         self.held = False
 
     def acquire(self) -> bool:
@@ -95,17 +97,42 @@ class TaskLock:
         value = self.client.get(self.key)
         return value.decode() if isinstance(value, bytes) else value
 
+    def break_if(self, is_dead: Callable[[str], bool]) -> bool:
+        """Delete the lock when its owner is dead (e.g. a SIGKILLed run worker); True when it was deleted."""
+        holder = self.holder()
+        if holder is None or "/" not in holder:
+            return False
+        owner = holder.split("/", 1)[0]
+        if not owner or not is_dead(owner):
+            return False
+        return bool(self.client.eval(_RELEASE, 1, self.key, holder))
+
 
 def lock_key(plan_id: str, task_key: str) -> str:
     """Redis key of the lock for one task of one plan."""
     return f"agentflow:task-lock:{plan_id}:{task_key}"
 
 
-def wait_for_lock(lock: TaskLock, wait_s: float, poll_s: float = 0.2) -> bool:
-    """Acquire within `wait_s`; False when another worker kept it the whole time."""
+def wait_for_lock(
+    lock: TaskLock,
+    wait_s: float,
+    poll_s: float = 0.2,
+    owner_dead: Callable[[str], bool] | None = None,
+    check_every_s: float = 2.0,
+) -> bool:
+    """Acquire within `wait_s`; False when another worker kept it the whole time.
+
+    With `owner_dead`, a lock whose owner has died is taken over instead of waiting out its TTL.
+    """
     deadline = time.monotonic() + wait_s
+    next_check = time.monotonic()
     while not lock.acquire():
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if owner_dead is not None and now >= next_check:
+            next_check = now + check_every_s
+            if lock.break_if(owner_dead):
+                continue
+        if now >= deadline:
             return False
         time.sleep(poll_s)
     return True

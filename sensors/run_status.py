@@ -9,6 +9,7 @@ from typing import Any, Literal, Protocol
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.storage.tags import WILL_RETRY_TAG
 
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowResult
@@ -298,6 +299,10 @@ def make_run_status_sensors(
         object_store: ObjectStoreResource,
     ) -> None:
         run = context.dagster_run
+        if run.tags.get(WILL_RETRY_TAG) == "true":
+            # The instance re-executes this run (run_retries): its retry publishes the event's one result.
+            context.log.info(f"run {run.run_id} failed and will be retried; result left to the retry")
+            return
         error = _run_error(context.instance, run, context.failure_event.message)
         pub = publisher(kafka, postgres, object_store, "workflow_result_failure_sensor")
         if pub.publish(run, "failed", error, finished_at(context)):

@@ -6,12 +6,13 @@ import email.utils
 import json
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import httpx2
 import openai
 
 from agentflow_dagster.llm.pricing import cost_usd
@@ -75,6 +76,40 @@ def provider_label(base_url: str) -> str:
     return "openai" if host == "api.openai.com" else f"openai-compatible:{host}"
 
 
+# The openai client (3.x) runs on httpx2: its hooks and streams are httpx2 types.
+_STARTED = "agentflow_started"
+
+
+class _DeadlineStream(httpx2.SyncByteStream):
+    """A response body that raises ReadTimeout once the attempt's whole time is spent."""
+
+    def __init__(self, inner: Any, deadline: float, request: httpx2.Request):
+        self._inner, self._deadline, self._request = inner, deadline, request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._inner:
+            if time.monotonic() > self._deadline:
+                raise httpx2.ReadTimeout(
+                    "response body still arriving at the attempt timeout", request=self._request
+                )
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _stamp_start(request: httpx2.Request) -> None:
+    request.extensions[_STARTED] = time.monotonic()
+
+
+def _bound_body(response: httpx2.Response) -> None:
+    """httpx's read timeout is per read: a body trickling a byte at a time would never end the attempt."""
+    limit = (response.request.extensions.get("timeout") or {}).get("read")
+    started = response.request.extensions.get(_STARTED)
+    if limit is not None and started is not None:
+        response.stream = _DeadlineStream(response.stream, started + limit, response.request)
+
+
 class OpenAICompatProvider:
     """Chat completions through `openai.OpenAI(max_retries=0)`: every retry is decided and recorded here."""
 
@@ -99,7 +134,13 @@ class OpenAICompatProvider:
         self._rng = random.Random(seed)  # noqa: S311 - jitter, not security
         # Local servers ignore the key, but the client insists on one.
         self.client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "unused", max_retries=0, timeout=timeout_s
+            base_url=base_url,
+            api_key=api_key or "unused",
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=openai.DefaultHttpxClient(
+                event_hooks={"request": [_stamp_start], "response": [_bound_body]}
+            ),
         )
 
     def _format(self, request: ChatRequest) -> dict[str, Any] | None:

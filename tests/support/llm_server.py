@@ -16,7 +16,7 @@ from typing import Any
 class Action:
     """What the server does with one request."""
 
-    kind: str  # ok | status | slow | invalid_json | truncated | bad_schema | broken_body
+    kind: str  # ok | status | slow | trickle | invalid_json | truncated | bad_schema | broken_body
     status: int = 200
     retry_after: str | None = None
     delay_s: float = 0.0
@@ -40,6 +40,11 @@ def server_error(status: int = 500) -> Action:
 def slow(delay_s: float) -> Action:
     """Answer correctly, but only after `delay_s` (longer than the client's timeout)."""
     return Action("slow", delay_s=delay_s)
+
+
+def trickle(total_s: float) -> Action:
+    """Headers at once, then the body a byte at a time over `total_s`: no single read ever times out."""
+    return Action("trickle", delay_s=total_s)
 
 
 def invalid_json() -> Action:
@@ -207,6 +212,25 @@ class LLMTestServer:
                     ],
                     "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
                 }
+                if action.kind == "trickle":
+                    self._trickle(json.dumps(payload).encode(), action.delay_s)
+                    return
                 self._send(200, json.dumps(payload).encode())
+
+            def _trickle(self, payload: bytes, total_s: float) -> None:
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.flush()
+                    pause = total_s / max(1, len(payload))
+                    for i in range(len(payload)):
+                        if server._stopping.wait(pause):
+                            return
+                        self.wfile.write(payload[i : i + 1])
+                        self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up
 
         return Handler

@@ -1,0 +1,188 @@
+"""Faults injected into a real stack: run worker, broker, Redis and Postgres killed or stopped mid-stream."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dagster as dg
+import psutil
+import pytest
+import redis as redis_lib
+from dagster._core.scheduler.instigation import InstigatorType
+
+from agentflow_dagster.stack import services
+from tests.support import llm_server as script
+from tests.support.live_stack import LiveStack, kill_tree, request, traceparent, wait_until
+from tests.support.llm_server import LLMTestServer
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+WORKFLOW = "summarize_with_fallback"
+SUMMARIZER = "You summarize documents faithfully"
+REVIEWER = "You are a critical reviewer"
+
+
+def prompt_has(text: str) -> Callable[[dict[str, Any]], bool]:
+    """Matches requests whose system prompt contains `text` (which agent is calling)."""
+    return lambda body: any(text in str(m.get("content", "")) for m in body.get("messages", []))
+
+
+class Gate:
+    """A sticky slow answer for one agent, switched on and off by the test."""
+
+    def __init__(self, server: LLMTestServer, text: str, delay_s: float):
+        self.open = False
+        matches = prompt_has(text)
+        server.rule(lambda body: self.open and matches(body), script.slow(delay_s))
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LLMTestServer]:
+    with LLMTestServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, llm: LLMTestServer) -> Iterator[LiveStack]:
+    """One stack whose run workers call the loopback LLM server (so its request count is the truth)."""
+    live = LiveStack.create(
+        tmp_path_factory.mktemp("chaos") / "af", OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="test-key"
+    )
+    try:
+        live.up()
+        yield live
+    finally:
+        live.down()
+
+
+def submit(stack: LiveStack, tag: str, partitions: list[int]) -> list[str]:
+    """One summarize_with_fallback event per entry of `partitions` (a tenant per partition: 4 run slots)."""
+    reqs = [
+        request(
+            WORKFLOW, {"document": f"{tag} {i}. Redis is hot state. Postgres is warm state."}, f"{tag}_{p}"
+        )
+        for i, p in enumerate(partitions)
+    ]
+    stack.produce(
+        [(p, r.model_dump_json().encode(), traceparent()) for p, r in zip(partitions, reqs, strict=True)]
+    )
+    return [r.event_id for r in reqs]
+
+
+def assert_one_success_each(stack: LiveStack, ids: list[str], timeout: float) -> dict[str, list[Any]]:
+    """Each event: exactly one result event, succeeded, and a succeeded history row."""
+    results = stack.results(ids, timeout=timeout)
+    assert {e: [r.status for r in rs] for e, rs in results.items()} == {e: ["succeeded"] for e in ids}
+    assert stack.history(ids) == dict.fromkeys(ids, "succeeded")
+    return results
+
+
+def worker_calling(port: int) -> psutil.Process:
+    """The run worker whose step process holds a connection to the LLM server right now."""
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any(c.raddr and c.raddr.port == port for c in proc.net_connections(kind="tcp")):
+                parent = proc.parent()
+                assert parent is not None and "spawn_main" in " ".join(parent.cmdline())
+                return parent
+    raise AssertionError(f"no process is connected to the LLM server on port {port}")
+
+
+def test_run_worker_killed_mid_task_is_retried_without_repeating_llm_calls(
+    stack: LiveStack, llm: LLMTestServer
+) -> None:
+    """SIGKILL the run worker while the 2nd task's LLM call is in flight: the retry redoes only that task."""
+    gate = Gate(llm, REVIEWER, delay_s=120)
+    gate.open = True
+    summarize_before, review_before = llm.count(prompt_has(SUMMARIZER)), llm.count(prompt_has(REVIEWER))
+    (event,) = submit(stack, "kill", [0])
+    wait_until(lambda: llm.count(prompt_has(REVIEWER)) > review_before, 150, "the review call to start")
+    port = int(llm.base_url.split(":")[2].split("/")[0])
+    worker = worker_calling(port)
+    killed_at = time.monotonic()
+    kill_tree(worker.pid)
+    gate.open = False
+
+    results = assert_one_success_each(stack, [event], timeout=240)
+    recovered = time.monotonic() - killed_at
+    print(f"\nrun worker killed mid-task: retried run succeeded {recovered:.0f}s after the kill")
+    runs = sorted(stack.runs_by_event([event])[event], key=lambda r: r.tags.get("dagster/retry_number", "0"))
+    assert [r.status for r in runs] == [dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.SUCCESS]
+    assert runs[1].tags["dagster/parent_run_id"] == runs[0].run_id
+    assert results[event][0].run_id == runs[1].run_id
+    # The completed task was not redone; the killed task's call was paid once more, nothing else.
+    assert llm.count(prompt_has(SUMMARIZER)) - summarize_before == 1
+    assert llm.count(prompt_has(REVIEWER)) - review_before == 2
+    plan = results[event][0].plan_id
+    calls = stack.rows(
+        "SELECT task_id, count(*) AS n FROM llm_calls WHERE plan_id = :p GROUP BY task_id", p=plan
+    )
+    assert {c.task_id: c.n for c in calls} == {"summarize": 1, "key_points_review": 1}
+    outputs = stack.rows("SELECT task_id FROM task_outputs WHERE plan_id = :p", p=plan)
+    assert sorted(o.task_id for o in outputs) == ["key_points_review", "summarize"]
+
+
+def test_broker_restart_is_detected_and_later_events_run(stack: LiveStack) -> None:
+    """Tansu SIGKILLed and restarted empty: events at offsets below the old cursor still run."""
+    before = submit(stack, "pre", [0, 3])
+    assert_one_success_each(stack, before, timeout=240)
+    stack.kill("kafka")
+    stack.up()  # restarts Tansu on the same port; topics are recreated empty
+    # Offset 0 of partition 0 is a new event under the old cursor 1: without reset detection it is lost.
+    after = submit(stack, "post", [0, 0])
+    assert_one_success_each(stack, after, timeout=240)
+    runs = stack.runs_by_event(after)
+    assert {e: len(r) for e, r in runs.items()} == dict.fromkeys(after, 1)
+    with stack.instance() as inst:
+        states = inst.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        (state,) = [s for s in states if s.name == "workflow_request_sensor"]
+        cursor = state.instigator_data.cursor  # type: ignore[union-attr]
+    # Partition 3 went from offset 1 back to 0 (its log is empty now): the reset was followed there too.
+    assert '"offsets":{"0":2,"1":0,"2":0,"3":0}' in cursor, cursor
+
+
+def test_redis_down_tasks_run_unlocked_and_recover(stack: LiveStack) -> None:
+    """redis-server stopped: tasks run without the lock (audited), nothing lost; locks return with Redis."""
+    services.stop_pid(stack.pids()["redis"])
+    during = submit(stack, "noredis", [1])
+    assert_one_success_each(stack, during, timeout=240)
+    stack.up()  # restarts redis-server on the same port (append-only file kept)
+    after = submit(stack, "redis", [2])
+    assert_one_success_each(stack, after, timeout=240)
+    unlocked = stack.rows(
+        "SELECT DISTINCT w.event_id FROM audit_log a JOIN workflow_runs w USING (plan_id) "
+        "WHERE a.action = 'task.lock_unavailable' AND w.event_id = ANY(:e)",
+        e=during + after,
+    )
+    assert sorted(u.event_id for u in unlocked) == sorted(during)
+    client = redis_lib.Redis.from_url(f"redis://127.0.0.1:{stack.ports['redis']}/0")
+    try:
+        assert client.keys("agentflow:task-lock:*") == []  # every lock taken after the restart was released
+    finally:
+        client.close()
+
+
+def test_postgres_restart_during_runs_loses_no_history(stack: LiveStack, llm: LLMTestServer) -> None:
+    """pg_ctl stop/start while 2 runs wait on slow LLM calls: every event ends with one success."""
+    gate = Gate(llm, REVIEWER, delay_s=20)
+    gate.open = True
+    review_before = llm.count(prompt_has(REVIEWER))
+    ids = submit(stack, "pg", [1, 2])
+    wait_until(
+        lambda: llm.count(prompt_has(REVIEWER)) - review_before >= 2, 180, "two runs in their 2nd task"
+    )
+    services.stop_postgres(stack.data_dir)
+    time.sleep(5)
+    gate.open = False
+    stack.up()  # starts Postgres again on the same port, and any component that died without it
+    assert_one_success_each(stack, ids, timeout=300)
+    runs = stack.runs_by_event(ids)
+    assert all(r[-1].status == dg.DagsterRunStatus.SUCCESS for r in runs.values()), runs
+    plans = stack.rows("SELECT plan_id FROM workflow_runs WHERE event_id = ANY(:e)", e=ids)
+    outputs = stack.rows(
+        "SELECT plan_id, count(*) AS n FROM task_outputs WHERE plan_id = ANY(:p) GROUP BY plan_id",
+        p=[p.plan_id for p in plans],
+    )
+    assert sorted(o.n for o in outputs) == [2, 2]  # each task's output once per plan
