@@ -117,6 +117,21 @@ class ResultPublisher:
                 {"p": plan_id, "a": self.actor, "act": "run.started", "s": run.run_id, "d": json.dumps({})},
             )
 
+    def close_open_tasks(self, run: dg.DagsterRun) -> None:
+        """Fail the task attempts a failed run left `running` (its worker died before closing them)."""
+        plan_id = run.tags.get(names.TAG_PLAN_ID)
+        if plan_id is None:
+            return
+        with self.postgres.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "UPDATE task_runs SET status = 'failed', finished_at = now(), "
+                    "error = 'the run worker stopped before this attempt finished' "
+                    "WHERE plan_id = :p AND run_id = :r AND status = 'running'"
+                ),
+                {"p": plan_id, "r": run.run_id},
+            )
+
     def publish(
         self, run: dg.DagsterRun, status: ResultStatus, error: str | None, finished: float | None
     ) -> bool:
@@ -299,12 +314,13 @@ def make_run_status_sensors(
         object_store: ObjectStoreResource,
     ) -> None:
         run = context.dagster_run
+        pub = publisher(kafka, postgres, object_store, "workflow_result_failure_sensor")
+        pub.close_open_tasks(run)
         if run.tags.get(WILL_RETRY_TAG) == "true":
             # The instance re-executes this run (run_retries): its retry publishes the event's one result.
             context.log.info(f"run {run.run_id} failed and will be retried; result left to the retry")
             return
         error = _run_error(context.instance, run, context.failure_event.message)
-        pub = publisher(kafka, postgres, object_store, "workflow_result_failure_sensor")
         if pub.publish(run, "failed", error, finished_at(context)):
             context.log.info(f"published the failure of run {run.run_id}")
 

@@ -76,7 +76,6 @@ FAULTS = {
     "timeout": script.slow(5.0),
     "truncated_json": script.truncated(),
     "invalid_json": script.invalid_json(),
-    "broken_body": script.broken_body(),
     "slow_stream": script.trickle(30.0),
 }
 

@@ -122,15 +122,24 @@ def test_run_worker_killed_mid_task_is_retried_without_repeating_llm_calls(
     assert {c.task_id: c.n for c in calls} == {"summarize": 1, "key_points_review": 1}
     outputs = stack.rows("SELECT task_id FROM task_outputs WHERE plan_id = :p", p=plan)
     assert sorted(o.task_id for o in outputs) == ["key_points_review", "summarize"]
+    attempts = stack.rows(
+        "SELECT task_id, run_id, status FROM task_runs WHERE plan_id = :p ORDER BY id", p=plan
+    )
+    assert [(a.task_id, a.run_id, a.status) for a in attempts] == [
+        ("summarize", runs[0].run_id, "succeeded"),
+        ("key_points_review", runs[0].run_id, "failed"),  # closed by the failure sensor, not left running
+        ("key_points_review", runs[1].run_id, "succeeded"),
+    ]
 
 
 def test_broker_restart_is_detected_and_later_events_run(stack: LiveStack) -> None:
     """Tansu SIGKILLed and restarted empty: events at offsets below the old cursor still run."""
-    before = submit(stack, "pre", [0, 3])
+    before = submit(stack, "pre", [0])
     assert_one_success_each(stack, before, timeout=240)
     stack.kill("kafka")
     stack.up()  # restarts Tansu on the same port; topics are recreated empty
-    # Offset 0 of partition 0 is a new event under the old cursor 1: without reset detection it is lost.
+    # The new events sit at offsets 0 and 1 of partition 0, below or at the old cursor (>= 1): without
+    # reset detection the sensor would skip them as already read.
     after = submit(stack, "post", [0, 0])
     assert_one_success_each(stack, after, timeout=240)
     runs = stack.runs_by_event(after)
@@ -139,8 +148,7 @@ def test_broker_restart_is_detected_and_later_events_run(stack: LiveStack) -> No
         states = inst.all_instigator_state(instigator_type=InstigatorType.SENSOR)
         (state,) = [s for s in states if s.name == "workflow_request_sensor"]
         cursor = state.instigator_data.cursor  # type: ignore[union-attr]
-    # Partition 3 went from offset 1 back to 0 (its log is empty now): the reset was followed there too.
-    assert '"offsets":{"0":2,"1":0,"2":0,"3":0}' in cursor, cursor
+    assert '"offsets":{"0":2,' in cursor, cursor
 
 
 def test_redis_down_tasks_run_unlocked_and_recover(stack: LiveStack) -> None:

@@ -54,7 +54,6 @@ def test_n_events_over_all_partitions_survive_a_daemon_kill_and_bad_input(stack:
     rest = [(i % 4, encoded[i], None if i == 5 else traceparent()) for i in range(4, N)]
     replays = [(1, encoded[0], traceparent()), (2, encoded[6], traceparent())]
     stack.produce([*rest[:2], bad[0], bad[1], replays[0], *rest[2:], bad[2], bad[3], bad[4], replays[1]])
-    time.sleep(2)
     stack.up()
 
     results = stack.results(ids, timeout=300)

@@ -171,7 +171,7 @@ class LiveStack:
             producer.close(timeout=5)
 
     def read_topic(
-        self, topic: str, done: Callable[[list[bytes]], bool], timeout: float, settle_s: float = 2.0
+        self, topic: str, done: Callable[[list[bytes]], bool], timeout: float, settle_s: float = 1.0
     ) -> list[bytes]:
         """Every value of `topic` from offset 0, polled until `done(values)` holds (then `settle_s` more)."""
         consumer = KafkaConsumer(
