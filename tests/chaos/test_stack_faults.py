@@ -80,13 +80,17 @@ def assert_one_success_each(stack: LiveStack, ids: list[str], timeout: float) ->
 
 
 def worker_calling(port: int) -> psutil.Process:
-    """The run worker whose step process holds a connection to the LLM server right now."""
+    """The run worker holding a connection to the LLM server right now (itself, or its step process)."""
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error):
             if any(c.raddr and c.raddr.port == port for c in proc.net_connections(kind="tcp")):
+                assert "spawn_main" in " ".join(proc.cmdline())
                 parent = proc.parent()
-                assert parent is not None and "spawn_main" in " ".join(parent.cmdline())
-                return parent
+                # Multiprocess executor: the caller is a step process whose parent is the run worker.
+                # In-process executor: the caller is the run worker (its parent is the code server).
+                if parent is not None and "spawn_main" in " ".join(parent.cmdline()):
+                    return parent
+                return proc
     raise AssertionError(f"no process is connected to the LLM server on port {port}")
 
 
