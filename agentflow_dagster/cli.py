@@ -29,3 +29,4 @@ main.add_command(__import__("agentflow_dagster.commands.submit", fromlist=["subm
 main.add_command(__import__("agentflow_dagster.commands.workflows", fromlist=["workflows"]).workflows)
 main.add_command(__import__("agentflow_dagster.commands.observability", fromlist=["x"]).metrics_server)
 main.add_command(__import__("agentflow_dagster.commands.observability", fromlist=["x"]).trace)
+main.add_command(__import__("agentflow_dagster.commands.purge", fromlist=["x"]).purge_command)

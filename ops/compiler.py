@@ -218,6 +218,8 @@ def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -
         name=spec.name,
         description=f"{spec.description} (spec version {spec.version})",
         tags={"agentflow/workflow": spec.name, "agentflow/workflow_version": spec.version},
+        # A chain gains nothing from a process per step, and each such process imports the code location.
+        executor_def=dg.in_process_executor if spec.runs_in_process() else dg.multiprocess_executor,
     )(compose)
 
 

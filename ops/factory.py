@@ -108,6 +108,12 @@ class _TaskExecution:
     def audit(self, action: str, **detail: Any) -> None:
         self.pg.audit(ACTOR, action, self.plan_id, self.task_key, run_id=self.context.run_id, **detail)
 
+    def audit_row(self, action: str, **detail: Any) -> history.AuditRow:
+        """The same entry as `audit`, to be written in the transaction of a history row."""
+        return history.AuditRow(
+            ACTOR, action, self.plan_id, self.task_key, {"run_id": self.context.run_id, **detail}
+        )
+
     def fail_workflow(self, error: str) -> None:
         history.finish_workflow(self.pg.engine, self.plan_id, "failed", error=f"{self.task_key}: {error}")
         self.audit("workflow.failed", error=error)
@@ -116,9 +122,9 @@ class _TaskExecution:
         """Run one agent once, recorded as one `task_runs` row."""
         engine = self.pg.engine
         row = history.start_task_run(
-            engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt
-        )
-        self.audit("task.started", agent=role.name, attempt=self.attempt)
+            engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt,
+            audit=self.audit_row("task.started", agent=role.name, attempt=self.attempt),
+        )  # fmt: skip
         # Each attempt: a `chat` span, a redacted llm_calls row (large content by reference), its evaluation.
         recorder = llm_records.ObservedCallRecorder(
             engine, self.plan_id, self.task_key, self.context.run_id,
@@ -143,22 +149,19 @@ class _TaskExecution:
             history.finish_task_run(
                 engine, row, "failed", error=str(exc), input_tokens=u.input_tokens,
                 output_tokens=u.output_tokens, cost_usd=u.cost_usd,
+                audit=self.audit_row("task.failed", agent=role.name, attempt=self.attempt, error=str(exc)),
             )  # fmt: skip
-            self.audit("task.failed", agent=role.name, attempt=self.attempt, error=str(exc))
             raise
         except Exception as exc:
             history.finish_task_run(engine, row, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
         u = run.usage
         history.finish_task_run(
-            engine,
-            row,
-            "succeeded",
-            input_tokens=u.input_tokens,
-            output_tokens=u.output_tokens,
-            cost_usd=u.cost_usd,
-        )
-        self.audit("task.succeeded", agent=role.name, attempt=self.attempt, provider=run.provider)
+            engine, row, "succeeded", input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+            cost_usd=u.cost_usd, audit=self.audit_row(
+                "task.succeeded", agent=role.name, attempt=self.attempt, provider=run.provider
+            ),
+        )  # fmt: skip
         return run
 
     def run_with_fallback(self, retriever: Retriever | None) -> tuple[AgentRun, bool]:
@@ -208,8 +211,13 @@ class _TaskExecution:
         row = history.start_task_run(
             engine, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt
         )
-        history.finish_task_run(engine, row, "succeeded", reused=True)
-        self.audit("task.reused", input_digest=self.digest)
+        history.finish_task_run(
+            engine,
+            row,
+            "succeeded",
+            reused=True,
+            audit=self.audit_row("task.reused", input_digest=self.digest),
+        )
 
     def execute(self, retriever: Retriever | None) -> tuple[dict[str, Any], bool]:
         """The task's result and whether it was reused from `task_outputs`."""

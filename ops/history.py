@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,12 +57,44 @@ def finish_workflow(
         )
 
 
+@dataclass(frozen=True)
+class AuditRow:
+    """An audit_log entry written in the same transaction as a history row (one commit, not two)."""
+
+    actor: str
+    action: str
+    plan_id: str | None
+    subject: str
+    detail: dict[str, Any]
+
+    def insert(self, conn: sa.Connection) -> None:
+        conn.execute(
+            sa.text(
+                "INSERT INTO audit_log (plan_id, actor, action, subject, detail) "
+                "VALUES (:p, :a, :act, :s, CAST(:d AS jsonb))"
+            ),
+            {
+                "p": self.plan_id,
+                "a": self.actor,
+                "act": self.action,
+                "s": self.subject,
+                "d": json.dumps(self.detail, default=str),
+            },
+        )
+
+
 def start_task_run(
-    engine: sa.Engine, plan_id: str, task_key: str, agent: str, run_id: str, attempt: int
+    engine: sa.Engine,
+    plan_id: str,
+    task_key: str,
+    agent: str,
+    run_id: str,
+    attempt: int,
+    audit: AuditRow | None = None,
 ) -> int:
-    """Open a `task_runs` row for one attempt; returns its id."""
+    """Open a `task_runs` row for one attempt (and its audit entry, if given); returns its id."""
     with engine.begin() as conn:
-        return int(
+        row_id = int(
             conn.execute(
                 sa.text(
                     "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status) "
@@ -70,6 +103,9 @@ def start_task_run(
                 {"p": plan_id, "t": task_key, "a": agent, "r": run_id, "n": attempt},
             ).scalar_one()
         )
+        if audit is not None:
+            audit.insert(conn)
+        return row_id
 
 
 def finish_task_run(
@@ -82,9 +118,12 @@ def finish_task_run(
     output_tokens: int = 0,
     cost_usd: float = 0.0,
     reused: bool = False,
+    audit: AuditRow | None = None,
 ) -> None:
-    """Close an attempt's row with its status, error, tokens and cost."""
+    """Close an attempt's row with its status, error, tokens and cost (and its audit entry, if given)."""
     with engine.begin() as conn:
+        if audit is not None:
+            audit.insert(conn)
         conn.execute(
             sa.text(
                 "UPDATE task_runs SET status = :s, error = :e, input_tokens = :i, output_tokens = :o, "

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -26,6 +28,9 @@ def make_engine(url: str, **kwargs: object) -> sa.Engine:
 
 
 def alembic_config(url: str) -> Config:
+    # Imported here: alembic costs ~0.5 s and every run worker imports this module but never migrates.
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
@@ -34,6 +39,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Bring the app schema to the newest revision (idempotent, safe to run concurrently)."""
+    from alembic import command
+
     engine = make_engine(url)
     try:
         with engine.begin() as conn:

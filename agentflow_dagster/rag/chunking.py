@@ -6,9 +6,10 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from langchain_text_splitters import RecursiveCharacterTextSplitter
-from tokenizers import Tokenizer
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ def chunk_id_for(collection: str, document: str, text: str) -> str:
 @lru_cache(maxsize=4)
 def load_tokenizer(tokenizer_json: str) -> Tokenizer:
     """A fast tokenizer from a `tokenizer.json`, with truncation off so lengths are true lengths."""
+    # Imported on use: every process that loads the code location imports this module, few chunk.
+    from tokenizers import Tokenizer
+
     tok = Tokenizer.from_file(tokenizer_json)
     tok.no_truncation()
     tok.no_padding()
@@ -63,6 +67,8 @@ class Chunker:
         self.chunk_overlap = chunk_overlap
         self.tokenizer_json = tokenizer_json or default_tokenizer_path()
         self._tok = load_tokenizer(self.tokenizer_json)
+        from langchain_text_splitters import RecursiveCharacterTextSplitter
+
         self._splitter = RecursiveCharacterTextSplitter(
             chunk_size=chunk_size,
             chunk_overlap=chunk_overlap,

@@ -8,9 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from bs4 import BeautifulSoup
-from pypdf import PdfReader
-
 
 class UnsupportedDocument(ValueError):
     """The object's extension names no parser."""
@@ -50,6 +47,8 @@ def parse_markdown(data: bytes) -> ParsedDocument:
 
 def parse_html(data: bytes) -> ParsedDocument:
     """Visible text of an HTML page, one block per line."""
+    from bs4 import BeautifulSoup  # imported on use: run workers of agent workflows never parse HTML
+
     soup = BeautifulSoup(data, "html.parser")
     title = soup.title.get_text(strip=True) if soup.title else ""
     for tag in soup(["head", "script", "style", "noscript", "template"]):
@@ -62,6 +61,8 @@ def parse_html(data: bytes) -> ParsedDocument:
 
 def parse_pdf(data: bytes) -> ParsedDocument:
     """Text layer of every page, pages separated by a blank line."""
+    from pypdf import PdfReader  # imported on use, like bs4
+
     reader = PdfReader(io.BytesIO(data))
     pages = [(page.extract_text() or "").strip() for page in reader.pages]
     text = "\n\n".join(p for p in pages if p)

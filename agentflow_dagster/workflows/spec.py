@@ -129,6 +129,8 @@ class WorkflowSpec(BaseModel):
         default_factory=list, description="tasks whose outputs form the result (default: sinks)"
     )
     source_file: str = Field(default="", exclude=True)
+    # How the run worker executes the ops: not part of what the workflow means, so not hashed either.
+    executor: Literal["auto", "in_process", "multiprocess"] = Field(default="auto", exclude=True)
 
     def task(self, task_id: str) -> TaskSpec:
         """The task with this id."""
@@ -164,6 +166,15 @@ class WorkflowSpec(BaseModel):
 
     def fanned_tasks(self) -> set[str]:
         return {t.task_id for t in self.tasks if t.fan_out is not None}
+
+    def runs_in_process(self) -> bool:
+        """`auto`: in-process when no two tasks could run at once (a chain without fan-out)."""
+        if self.executor != "auto":
+            return self.executor == "in_process"
+        depth: dict[str, int] = {}
+        for task_id in self.topological_order():
+            depth[task_id] = 1 + max((depth[d] for d in self.task(task_id).depends_on), default=-1)
+        return not self.fanned_tasks() and len(set(depth.values())) == len(depth)
 
     def canonical(self) -> dict[str, Any]:
         """The spec as plain data (what is hashed and recorded)."""

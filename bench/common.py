@@ -1,0 +1,178 @@
+"""Shared pieces of the benchmarks: a throwaway stack, percentiles, and JSON/Markdown/PNG output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "bench"
+RESULTS = BENCH / "results"
+# Benchmarks run as `python bench/<name>.py`: the repo root (for `tests.support`) goes on the path.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from agentflow_dagster.stack import services  # noqa: E402
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = int(pos), min(int(pos) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary(values: Sequence[float]) -> dict[str, float | int | None]:
+    """n, p50, p99, mean, max of a sample (seconds or ms, whatever the caller measured)."""
+    return {
+        "n": len(values),
+        "p50": _round(percentile(values, 50)),
+        "p99": _round(percentile(values, 99)),
+        "mean": _round(sum(values) / len(values)) if values else None,
+        "max": _round(max(values)) if values else None,
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were taken on (the machine is shared with other work)."""
+    load = os.getloadavg()
+    return {
+        "host": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
+        "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "loadavg_at_start": [round(x, 2) for x in load],
+        "note": "shared 2-core machine: other sessions ran tests at the same time",
+    }
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join("" if v is None else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """bench/results/<name>.json and .md."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    js, md = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
+    js.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    md.write_text(markdown.rstrip() + "\n")
+    return js, md
+
+
+def plot_path(name: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return RESULTS / f"{name}.png"
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display on the bench machines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@dataclass
+class BenchStack:
+    """Postgres, Redis and Tansu on free loopback ports under one data dir; Dagster daemons on demand."""
+
+    data_dir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: list[int] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def start(self, extra_env: dict[str, str] | None = None) -> BenchStack:
+        """Start the servers, migrate, create topics and buckets, write DAGSTER_HOME/dagster.yaml."""
+        self.ports = {k: services.free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+        os.environ.update(
+            AGENTFLOW_DATA_DIR=str(self.data_dir),
+            **{f"AGENTFLOW_{k.upper()}_PORT": str(v) for k, v in self.ports.items()},
+        )
+        for var in ("AGENTFLOW_POSTGRES_URL", "AGENTFLOW_REDIS_URL", "AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS"):
+            os.environ.pop(var, None)
+        from agentflow_dagster.settings import Settings, get_settings
+        from agentflow_dagster.stack.stack import Stack
+
+        get_settings.cache_clear()
+        settings = Settings()
+        self.pids.append(services.start_postgres(self.data_dir, self.ports["postgres"]).pid)
+        self.pids.append(services.start_redis(self.data_dir, self.ports["redis"]).pid)
+        self.pids.append(services.start_kafka(self.data_dir, self.ports["kafka"]).pid)
+        stack = Stack(settings)
+        stack.prepare()
+        self.env = {**stack.process_env(), **(extra_env or {})}
+        # This process reads the same instance and settings as the daemons it starts.
+        os.environ.update(self.env)
+        get_settings.cache_clear()
+        return self
+
+    @property
+    def pg_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.ports['postgres']}/agentflow"
+
+    @property
+    def kafka(self) -> str:
+        return f"127.0.0.1:{self.ports['kafka']}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    def start_daemon(self, workspace: Path, log_name: str, env: dict[str, str] | None = None) -> int:
+        """`dagster-daemon run -w workspace`, its own session; returns the pid (stop with stop_daemon)."""
+        exe = shutil.which("dagster-daemon", path=str(Path(sys.executable).parent)) or "dagster-daemon"
+        log = self.data_dir / "logs" / f"{log_name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [exe, "run", "-w", str(workspace)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**self.env, **(env or {})},
+                cwd=REPO,
+                start_new_session=True,
+            )
+        return proc.pid
+
+    @staticmethod
+    def stop_daemon(pid: int) -> None:
+        """The daemon, its code server and any run workers below it."""
+        services.stop_pid(pid, timeout=20)
+
+    def stop(self) -> None:
+        """Stop the servers this stack started, by pid, newest first."""
+        services.stop_postgres(self.data_dir)
+        for pid in reversed(self.pids):
+            if services.pid_alive(pid):
+                services.stop_pid(pid)
+        self.pids.clear()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+    """Poll `check` until true or `timeout`; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(interval)
+    return check()
