@@ -198,7 +198,8 @@ def report(data: dict[str, Any], label: str) -> str:
         f"{m['host']} · {m['at']} · load at start {m['loadavg_at_start']} · {m['note']}",
         "",
         f"Burst of {data['events']} events, 3 LLM tasks per workflow, LLM latency {data['latency_s']} s "
-        f"per call; platform executor `{data['platform_executor']}`; instance: repo dagster.yaml.",
+        f"per call; platform executor `{data['platform_executor']}`, launcher "
+        f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml.",
         "",
     ]
     rows = []
@@ -302,6 +303,11 @@ def main() -> None:
     parser.add_argument("--platform-executor", default="auto", choices=["auto", "in_process", "multiprocess"])
     parser.add_argument("--baseline-executor", default="multiprocess", choices=["in_process", "multiprocess"])
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument(
+        "--warm-launcher",
+        action="store_true",
+        help="platform daemon uses WarmForkRunLauncher (own DAGSTER_HOME)",
+    )
     parser.add_argument("--label", default="", help="suffix of the result files (one per lever setting)")
     args = parser.parse_args()
 
@@ -334,6 +340,9 @@ def main() -> None:
         )
         baseline = Side("baseline", BASELINE_TOPIC, "bench/event_id", BENCH / "workspace_baseline.yaml")
         env = {"BENCH_EXECUTOR": args.platform_executor} if args.platform_executor != "auto" else {}
+        if args.warm_launcher:
+            env["DAGSTER_HOME"] = str(warm_home(stack))
+        data["platform_launcher"] = "WarmForkRunLauncher" if args.warm_launcher else "DefaultRunLauncher"
         print(f"platform: warm-up, {args.singles} idle singles, burst of {args.events}", flush=True)
         llm.requests.clear()
         data["platform"] = measure(stack, platform, args.events, args.singles, args.tenants, env)
@@ -362,6 +371,24 @@ def main() -> None:
     plot(data, plot_path(name))
     print(md.read_text())
     print(f"wrote {js}, {md}, {plot_path(name)}")
+
+
+def warm_home(stack: BenchStack) -> Path:
+    """A DAGSTER_HOME on the same storage whose instance launches runs with WarmForkRunLauncher."""
+    home = stack.data_dir / "dagster_home_warm"
+    home.mkdir(parents=True, exist_ok=True)
+    base = (stack.data_dir / "dagster_home" / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(base + WARM_LAUNCHER)
+    return home
+
+
+WARM_LAUNCHER = """
+run_launcher:
+  module: agentflow_dagster.warm_launcher
+  class: WarmForkRunLauncher
+  config:
+    preload_modules: [agentflow_dagster.definitions]
+"""
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
