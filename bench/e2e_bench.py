@@ -199,7 +199,8 @@ def report(data: dict[str, Any], label: str) -> str:
         "",
         f"Burst of {data['events']} events, 3 LLM tasks per workflow, LLM latency {data['latency_s']} s "
         f"per call; platform executor `{data['platform_executor']}`, launcher "
-        f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml.",
+        f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml, max_concurrent_runs "
+        f"{data.get('max_concurrent_runs', 4)}, {data['tenants']} tenants (2 runs each at most).",
         "",
     ]
     rows = []
@@ -308,6 +309,12 @@ def main() -> None:
         action="store_true",
         help="platform daemon uses WarmForkRunLauncher (own DAGSTER_HOME)",
     )
+    parser.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=0,
+        help="override dagster.yaml's max_concurrent_runs (0: keep)",
+    )
     parser.add_argument("--label", default="", help="suffix of the result files (one per lever setting)")
     args = parser.parse_args()
 
@@ -332,6 +339,14 @@ def main() -> None:
                 "BENCH_BASELINE_EXECUTOR": args.baseline_executor,
             }
         )
+        if args.max_concurrent_runs:
+            home_yaml = stack.data_dir / "dagster_home" / "dagster.yaml"
+            text = home_yaml.read_text()
+            assert "max_concurrent_runs: 4" in text, "dagster.yaml changed: update the override"
+            home_yaml.write_text(
+                text.replace("max_concurrent_runs: 4", f"max_concurrent_runs: {args.max_concurrent_runs}")
+            )
+            data["max_concurrent_runs"] = args.max_concurrent_runs
         from resources.kafka import KafkaResource
 
         KafkaResource(bootstrap_servers=stack.kafka).ensure_topics([BASELINE_TOPIC], 4)

@@ -49,11 +49,11 @@ def main() -> None:
         ours = OpenAICompatProvider(server.base_url, "bench-key", timeout_s=30)
 
         def call_raw() -> Any:
-            resp = raw.chat.completions.create(
+            resp = raw.chat.completions.create(  # type: ignore[call-overload]
                 model="gpt-4o-mini",
                 messages=messages,
                 temperature=0.0,
-                response_format=fmt,  # type: ignore[arg-type]
+                response_format=fmt,
             )
             return json.loads(resp.choices[0].message.content or "{}")
 

@@ -22,7 +22,7 @@ specs = {**load_specs(), **load_specs(Path(__file__).parent / "specs")}
 if executor := os.environ.get("BENCH_EXECUTOR"):
     specs = {name: spec.model_copy(update={"executor": executor}) for name, spec in specs.items()}
 workflow_jobs = build_workflow_jobs(specs.values(), retriever_keys=("embeddings", "vector_store"))
-interval = {"minimum_interval_seconds": int(v)} if (v := os.environ.get("BENCH_SENSOR_INTERVAL")) else {}
+interval = int(os.environ.get("BENCH_SENSOR_INTERVAL") or 2)  # 2: the sensor's own default
 
 defs = dg.Definitions(
     assets=rag_assets,
@@ -31,7 +31,7 @@ defs = dg.Definitions(
     schedules=[rag_nightly_schedule],
     sensors=[
         make_document_sensor(rag_index_job, COLLECTIONS),
-        make_workflow_request_sensor(workflow_jobs, specs, **interval),
+        make_workflow_request_sensor(workflow_jobs, specs, minimum_interval_seconds=interval),
         *make_run_status_sensors(workflow_jobs, specs),
     ],
     resources=build_resources(get_settings()),

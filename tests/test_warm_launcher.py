@@ -8,6 +8,7 @@ import sys
 
 import dagster as dg
 from dagster._core.launcher.base import WorkerStatus
+from dagster._serdes import ConfigurableClassData
 
 from agentflow_dagster.warm_launcher import PID_TAG, WarmForkRunLauncher
 
@@ -30,7 +31,8 @@ def test_health_follows_the_worker_pid() -> None:
 
 
 def test_config_round_trip() -> None:
+    data = ConfigurableClassData("agentflow_dagster.warm_launcher", "WarmForkRunLauncher", "{}")
     launcher = WarmForkRunLauncher.from_config_value(
-        None, {"preload_modules": ["agentflow_dagster.definitions"]}
-    )  # type: ignore[arg-type]
+        data, {"preload_modules": ["agentflow_dagster.definitions"]}
+    )
     assert launcher.preload_modules == ["agentflow_dagster.definitions"]
