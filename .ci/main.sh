@@ -7,10 +7,8 @@ bash .ci/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 agentflow up
 agentflow status
-if agentflow --help | grep -q " submit "; then
-  agentflow submit research_report \
-    --input "question=How do Kafka sensors turn events into Dagster runs?" \
-    --wait --timeout 300
-fi
+agentflow submit research_report \
+  --input "topic=How do Kafka sensors turn events into Dagster runs?" \
+  --wait --timeout 600
 echo
 echo "The stack keeps running: Dagster UI at http://127.0.0.1:${AGENTFLOW_WEBSERVER_PORT:-3000}; stop it with: agentflow down"

@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 bash .ci/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-echo "== ruff"; ruff check . && ruff format --check .
+echo "== ruff"
+ruff check .
+ruff format --check .
 echo "== mypy"; mypy agentflow_dagster assets ops sensors resources
 echo "== pytest"
 set +e

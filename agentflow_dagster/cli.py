@@ -6,7 +6,7 @@ import warnings
 
 import click
 
-from agentflow_dagster.commands import rag, stack
+from agentflow_dagster.commands import api, keys, observability, purge, rag, stack, submit, workflows
 
 # platformdirs (via pgserver) warns when XDG_RUNTIME_DIR is unset; it falls back to /tmp correctly.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -20,13 +20,12 @@ def main() -> None:
 main.add_command(stack.up)
 main.add_command(stack.status)
 main.add_command(stack.down)
-# Other areas register their commands below, one line each.
-main.add_command(__import__("agentflow_dagster.commands.keys", fromlist=["keys"]).keys)
-main.add_command(__import__("agentflow_dagster.commands.api", fromlist=["api"]).api)
+main.add_command(keys.keys)
+main.add_command(api.api)
 main.add_command(rag.ingest)
 main.add_command(rag.search)
-main.add_command(__import__("agentflow_dagster.commands.submit", fromlist=["submit"]).submit)
-main.add_command(__import__("agentflow_dagster.commands.workflows", fromlist=["workflows"]).workflows)
-main.add_command(__import__("agentflow_dagster.commands.observability", fromlist=["x"]).metrics_server)
-main.add_command(__import__("agentflow_dagster.commands.observability", fromlist=["x"]).trace)
-main.add_command(__import__("agentflow_dagster.commands.purge", fromlist=["x"]).purge_command)
+main.add_command(submit.submit)
+main.add_command(workflows.workflows)
+main.add_command(observability.metrics_server)
+main.add_command(observability.trace)
+main.add_command(purge.purge_command)

@@ -71,7 +71,9 @@ class LocalObjectStore:
             raise ObjectStoreError(f"object store directory {self.root} does not exist")
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())
 
-    def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
+    def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> ObjectInfo:
         path = self._path(bucket, key)
         if not path.parent.parent.exists() and not (self.root / bucket).is_dir():
             raise ObjectStoreError(f"bucket {bucket!r} does not exist under {self.root}")
@@ -130,7 +132,9 @@ class MinioObjectStore:
         except Exception as exc:
             raise self._wrap(exc) from exc
 
-    def put(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> ObjectInfo:
+    def put(
+        self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> ObjectInfo:
         validate_key(key)
         try:
             res = self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)

@@ -37,7 +37,9 @@ class PostgresResource(dg.ConfigurableResource):
     def migrate(self) -> None:
         migrate(self.url)
 
-    def audit(self, actor: str, action: str, plan_id: str | None = None, subject: str = "", **detail: Any) -> None:
+    def audit(
+        self, actor: str, action: str, plan_id: str | None = None, subject: str = "", **detail: Any
+    ) -> None:
         """Append one audit-log entry."""
         with self.engine.begin() as conn:
             conn.execute(
