@@ -1,4 +1,5 @@
-"""`agentflow submit`: publish a workflow request and, with --wait, print its result."""
+"""`agentflow submit`: publish a workflow request (or launch it through Dagster's GraphQL API) and,
+with --wait, print its result."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from kafka import TopicPartition
@@ -17,8 +18,13 @@ from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowRequest, WorkflowResult
 from agentflow_dagster.observability import tracing
 from agentflow_dagster.resources_env import build_resources
-from agentflow_dagster.settings import get_settings
+from agentflow_dagster.settings import Settings, get_settings
 from resources.kafka import KafkaResource
+
+if TYPE_CHECKING:
+    from agentflow_dagster.workflows.spec import WorkflowSpec
+
+ACTOR = "agentflow-cli"
 
 
 def parse_inputs(pairs: tuple[str, ...], json_file: str | None) -> dict[str, Any]:
@@ -41,15 +47,15 @@ def parse_inputs(pairs: tuple[str, ...], json_file: str | None) -> dict[str, Any
     return inputs
 
 
-def result_offsets(kafka: KafkaResource) -> dict[TopicPartition, int]:
-    """Where the results topic ends now; a result for this request can only come after."""
+def result_offsets(kafka: KafkaResource, *, beginning: bool = False) -> dict[TopicPartition, int]:
+    """Where the results topic ends now (a new request's result can only come after), or where it begins."""
     consumer = kafka.consumer()
     try:
         tps = [
             TopicPartition(names.TOPIC_RESULTS, p) for p in consumer.partitions_for_topic(names.TOPIC_RESULTS)
         ]
         # Tansu may report low end offsets: reading a little earlier is harmless (filtered by plan_id).
-        return dict(consumer.end_offsets(tps))
+        return dict(consumer.beginning_offsets(tps) if beginning else consumer.end_offsets(tps))
     finally:
         consumer.close()
 
@@ -78,7 +84,7 @@ def wait_for_result(
         consumer.close()
 
 
-def _check_against_spec(req: WorkflowRequest) -> None:
+def _check_against_spec(req: WorkflowRequest) -> WorkflowSpec:
     """Refuse locally what the sensor would dead-letter: an unknown workflow or undeclared inputs."""
     from agentflow_dagster.workflows.loader import load_specs
 
@@ -90,48 +96,72 @@ def _check_against_spec(req: WorkflowRequest) -> None:
         spec.validate_inputs(req.inputs)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    return spec
 
 
-@click.command()
-@click.argument("workflow")
-@click.option("--input", "pairs", multiple=True, metavar="K=V", help="an input; V is JSON or text")
-@click.option("--input-json", type=str, help="a JSON object of inputs ('-' for stdin)")
-@click.option("--tenant", default="default", show_default=True)
-@click.option("--priority", default=0, show_default=True, type=click.IntRange(-10, 10))
-@click.option("--event-id", help="defaults to a new id; resubmitting an id is a no-op (same plan)")
-@click.option("--wait", is_flag=True, help="wait for the result and print it")
-@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait with --wait")
-def submit(
-    workflow: str,
-    pairs: tuple[str, ...],
-    input_json: str | None,
-    tenant: str,
-    priority: int,
-    event_id: str | None,
-    wait: bool,
-    timeout: float,
-) -> None:
-    """Publish a request for WORKFLOW to agentflow.workflow.requests."""
+def _by_reference(req: WorkflowRequest, settings: Settings, resources: dict[str, Any]) -> WorkflowRequest:
+    """Inputs above AGENTFLOW_INLINE_INPUT_LIMIT go to the object store, as the sensor would put them."""
+    from sensors.workflow_requests import inputs_key
+
+    blob = json.dumps(req.inputs, separators=(",", ":")).encode()
+    if len(blob) <= settings.inline_input_limit:
+        return req
+    key = inputs_key(req.plan_id)
+    store = resources["object_store"].store
+    store.ensure_bucket(names.BUCKET_ARTIFACTS)
+    store.put(names.BUCKET_ARTIFACTS, key, blob, "application/json")
+    return req.model_copy(update={"inputs": {}, "inputs_ref": key})
+
+
+def _redis_or_none(resources: dict[str, Any]) -> Any:
+    """The Redis client for the launch lock; without Redis the tag query alone guards against a rerun."""
+    import redis as redis_lib
+
+    client = resources["redis"].client
     try:
-        req = WorkflowRequest(
-            event_id=event_id or f"cli-{uuid.uuid4().hex}",
-            workflow=workflow,
-            inputs=parse_inputs(pairs, input_json),
-            tenant=tenant,
-            priority=priority,
-        )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    _check_against_spec(req)
-    kafka: KafkaResource = build_resources(get_settings())["kafka"]
-    start = result_offsets(kafka) if wait else {}
+        client.ping()
+    except redis_lib.RedisError as exc:
+        click.echo(f"warning: Redis unreachable ({exc}); launching without the event lock", err=True)
+        return None
+    return client
+
+
+def launch_direct(
+    req: WorkflowRequest, spec: WorkflowSpec, dagster_url: str, location: str
+) -> tuple[str, str, bool]:
+    """(traceparent, run_id, launched_now): one Dagster run per event_id through the webserver's GraphQL."""
+    from agentflow_dagster.api.direct import DirectLauncher, DirectLaunchError
+
+    settings = get_settings()
+    resources = build_resources(settings)
+    req = _by_reference(req, settings, resources)
+    launcher = DirectLauncher(dagster_url, location=location, redis=_redis_or_none(resources))
+    tracing.setup_tracing("agentflow-cli")
+    with tracing.span(f"launch {req.workflow}", attributes={"agentflow.plan_id": req.plan_id}):
+        traceparent = tracing.inject_traceparent() or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+        try:
+            run_id, launched = launcher.launch(req, spec.version, traceparent)
+        except DirectLaunchError as exc:
+            raise click.ClickException(f"{exc} (is the webserver up? see `agentflow status`)") from exc
+    tracing.flush()
+    try:
+        detail = {"workflow": req.workflow, "version": spec.version, "tenant": req.tenant}
+        detail |= {"trace_id": traceparent.split("-")[1], "run_id": run_id, "dagster_url": launcher.url}
+        action = "request.launched" if launched else "request.duplicate"
+        resources["postgres"].audit(ACTOR, action, req.plan_id, req.event_id, path="direct", **detail)
+    except Exception as exc:  # the run is launched; its request op writes the history anyway
+        click.echo(f"warning: could not write the audit entry: {type(exc).__name__}: {exc}", err=True)
+    return traceparent, run_id, launched
+
+
+def publish_request(req: WorkflowRequest, kafka: KafkaResource) -> str:
+    """Send the request to agentflow.workflow.requests under a producer span; returns its traceparent."""
     tracing.setup_tracing("agentflow-cli")
     # The root of the workflow's trace: its context travels in the message's traceparent header.
     with tracing.send_span(
-        names.TOPIC_REQUESTS, agentflow__plan_id=req.plan_id, gen_ai__workflow__name=workflow
+        names.TOPIC_REQUESTS, agentflow__plan_id=req.plan_id, gen_ai__workflow__name=req.workflow
     ):
         traceparent = tracing.inject_traceparent() or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
-        trace_id = traceparent.split("-")[1]
         producer = kafka.producer()
         try:
             producer.send(
@@ -143,9 +173,75 @@ def submit(
         finally:
             producer.close(timeout=5)
     tracing.flush()
-    click.echo(f"event_id={req.event_id} plan_id={req.plan_id} trace_id={trace_id}")
+    return traceparent
+
+
+def _default_dagster_url() -> str:
+    return f"http://127.0.0.1:{get_settings().webserver_port}"
+
+
+@click.command()
+@click.argument("workflow")
+@click.option("--input", "pairs", multiple=True, metavar="K=V", help="an input; V is JSON or text")
+@click.option("--input-json", type=str, help="a JSON object of inputs ('-' for stdin)")
+@click.option("--tenant", default="default", show_default=True)
+@click.option("--priority", default=0, show_default=True, type=click.IntRange(-10, 10))
+@click.option("--event-id", help="defaults to a new id; resubmitting an id is a no-op (same plan)")
+@click.option("--wait", is_flag=True, help="wait for the result and print it")
+@click.option("--timeout", default=600.0, show_default=True, help="seconds to wait with --wait")
+@click.option(
+    "--direct", is_flag=True, help="launch through the Dagster webserver's GraphQL API instead of Kafka"
+)
+@click.option(
+    "--dagster-url",
+    default=_default_dagster_url,
+    show_default="http://127.0.0.1:$AGENTFLOW_WEBSERVER_PORT (3000)",
+    help="the webserver --direct launches through",
+)
+@click.option(
+    "--dagster-location", default="agentflow", show_default=True, help="code location of the workflow jobs"
+)
+def submit(
+    workflow: str,
+    pairs: tuple[str, ...],
+    input_json: str | None,
+    tenant: str,
+    priority: int,
+    event_id: str | None,
+    wait: bool,
+    timeout: float,
+    direct: bool,
+    dagster_url: str,
+    dagster_location: str,
+) -> None:
+    """Publish a request for WORKFLOW to agentflow.workflow.requests (or, with --direct, launch its run)."""
+    try:
+        req = WorkflowRequest(
+            event_id=event_id or f"cli-{uuid.uuid4().hex}",
+            workflow=workflow,
+            inputs=parse_inputs(pairs, input_json),
+            tenant=tenant,
+            priority=priority,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    spec = _check_against_spec(req)
+    kafka: KafkaResource = build_resources(get_settings())["kafka"]
+    start = result_offsets(kafka) if wait else {}
+    if direct:
+        traceparent, run_id, launched = launch_direct(req, spec, dagster_url, dagster_location)
+        if wait and not launched:
+            # The event already had a run, whose result may be on the topic already.
+            start = result_offsets(kafka, beginning=True)
+        launch_note = f" run_id={run_id} launched={'new' if launched else 'existing'}"
+    else:
+        traceparent, launch_note = publish_request(req, kafka), ""
+    trace_id = traceparent.split("-")[1]
+    click.echo(f"event_id={req.event_id} plan_id={req.plan_id} trace_id={trace_id}{launch_note}")
     if not wait:
         return
+    # Both paths end the same way: the run-status sensor publishes one result per run that carries the
+    # plan and event tags, which the request sensor and the direct launcher both set.
     result = wait_for_result(kafka, req.plan_id, start, timeout)
     if result is None:
         raise click.ClickException(

@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -23,95 +18,17 @@ from agentflow_dagster.settings import Settings
 from agentflow_dagster.stack.services import free_port
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from tests.api.conftest import Keys
-
-JOB = """
-import dagster as dg
-
-
-@dg.op(config_schema=dg.Permissive())
-def request(context):
-    return context.op_config
-
-
-@dg.job(name="support_triage")
-def support_triage():
-    request()
-
-
-defs = dg.Definitions(jobs=[support_triage])
-"""
-# Queued runs are never started without a daemon: the test sees launches, and no run process outlives it.
-INSTANCE = """
-run_coordinator:
-  module: dagster._core.run_coordinator
-  class: QueuedRunCoordinator
-telemetry:
-  enabled: false
-"""
+from tests.support.dagster_webserver import dagster_webserver, runs_for_event
 
 
 @pytest.fixture(scope="module")
 def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("dagster_direct")
-    (root / "jobs.py").write_text(JOB)
-    (root / "workspace.yaml").write_text(
-        f"load_from:\n  - python_file:\n      relative_path: {root / 'jobs.py'}\n"
-        "      location_name: direct_test\n"
-    )
-    home = root / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(INSTANCE)
-    port = free_port()
-    log = (root / "webserver.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "dagster-webserver"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            str(root / "workspace.yaml"),
-        ],
-        env={"DAGSTER_HOME": str(home), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"},
-        stdout=log,
-        stderr=log,
-        cwd=root,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{url}/server_info", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "webserver.log").read_text()[
-                -2000:
-            ]
-            time.sleep(0.5)
+    with dagster_webserver(tmp_path_factory.mktemp("dagster_direct"), "direct_test") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
 
 
 def _runs_for(launcher: DirectLauncher, event_id: str) -> int:
-    resp = httpx.post(
-        f"{launcher.url}/graphql",
-        json={
-            "query": "query($t:[ExecutionTag!]){runsOrError(filter:{tags:$t}){... on Runs{results{runId}}}}",
-            "variables": {"t": [{"key": "agentflow/event_id", "value": event_id}]},
-        },
-        timeout=10,
-    )
-    return len(resp.json()["data"]["runsOrError"]["results"])
+    return len(runs_for_event(launcher.url, event_id))
 
 
 def test_concurrent_launches_of_one_event_make_one_run(webserver: str, redis_url: str) -> None:
