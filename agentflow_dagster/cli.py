@@ -6,7 +6,7 @@ import warnings
 
 import click
 
-from agentflow_dagster.commands import api, keys, observability, purge, rag, stack, submit, workflows
+from agentflow_dagster.commands import api, audit, keys, observability, purge, rag, stack, submit, workflows
 
 # platformdirs (via pgserver) warns when XDG_RUNTIME_DIR is unset; it falls back to /tmp correctly.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -28,4 +28,5 @@ main.add_command(submit.submit)
 main.add_command(workflows.workflows)
 main.add_command(observability.metrics_server)
 main.add_command(observability.trace)
+main.add_command(audit.audit)
 main.add_command(purge.purge_command)

@@ -1,0 +1,389 @@
+"""`agentflow audit PLAN_ID`: one workflow's lineage, from the request event to the documents it read."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+import sqlalchemy as sa
+
+from agentflow_dagster import names
+from agentflow_dagster.commands.observability import _postgres_url
+from agentflow_dagster.db import make_engine
+from agentflow_dagster.observability.timeline import _rows, load_timeline
+from agentflow_dagster.settings import get_settings
+
+# How the agent runner delimits retrieved passages in a prompt (agents/runner.render_untrusted).
+_PASSAGE = re.compile(r'<untrusted_document id="([^"]*)" source="([^"]*)">')
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# Audit actions that mark a request reaching the platform, by path.
+_ARRIVALS = ("request.submitted", "request.launched", "run.queued", "workflow.running")
+
+
+def _request(
+    wf: dict[str, Any] | None, api: dict[str, Any] | None, log: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The request event: ids from the plan's row (or the gateway's), received = its first arrival entry."""
+    base = wf or api or {}
+    arrival = next((e for e in log if e["action"] in _ARRIVALS), None)
+    detail = arrival["detail"] if arrival else {}
+    return {
+        "event_id": base.get("event_id") or (arrival["subject"] if arrival else None),
+        "plan_id": base.get("plan_id"),
+        "workflow": base.get("workflow") or detail.get("workflow"),
+        "version": base.get("version") or detail.get("version"),
+        "tenant": base.get("tenant") or detail.get("tenant"),
+        "trace_id": base.get("trace_id") or detail.get("trace_id"),
+        "submitted_at": base.get("submitted_at"),
+        "received_at": arrival["at"] if arrival else None,
+        "received_by": arrival["actor"] if arrival else None,
+        "received_via": _path_of(arrival),
+        "idempotency_key_used": api.get("idempotency_key_used") if api else None,
+    }
+
+
+def _path_of(arrival: dict[str, Any] | None) -> str | None:
+    if arrival is None:
+        return None
+    detail = arrival["detail"]
+    if arrival["action"] == "run.queued":
+        return f"kafka {detail.get('source', names.TOPIC_REQUESTS)}"
+    if arrival["action"] == "request.submitted":
+        return "http api"
+    return str(detail.get("path") or "run config (launched without a request sensor)")
+
+
+def _dagster_runs(run_ids: list[str], plan_id: str, instance: Any) -> list[dict[str, Any]]:
+    """The plan's Dagster runs (tagged with it, or named by its history rows), oldest first."""
+    if instance is None:
+        return [{"run_id": r, "status": None} for r in run_ids]
+    import dagster as dg
+
+    records = {
+        rec.dagster_run.run_id: rec
+        for flt in (dg.RunsFilter(tags={names.TAG_PLAN_ID: plan_id}), dg.RunsFilter(run_ids=run_ids))
+        for rec in (instance.get_run_records(filters=flt) if flt.tags or flt.run_ids else [])
+    }
+    out = []
+    for rec in sorted(records.values(), key=lambda r: r.create_timestamp):
+        run = rec.dagster_run
+        out.append(
+            {
+                "run_id": run.run_id,
+                "job": run.job_name,
+                "status": run.status.value,
+                "parent_run_id": run.parent_run_id,
+                "root_run_id": run.root_run_id,
+                "created_at": rec.create_timestamp.isoformat(),
+                "start_time": rec.start_time,
+                "end_time": rec.end_time,
+                "tags": dict(run.tags),
+            }
+        )
+    known = {r["run_id"] for r in out}
+    # A run the history names but this instance does not know (another instance, or deleted).
+    out += [
+        {"run_id": r, "status": None, "note": "not in this Dagster instance"}
+        for r in run_ids
+        if r not in known
+    ]
+    return out
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string inside a stored prompt (a list of chat messages, or any JSON)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [s for v in value for s in _strings(v)] if isinstance(value, list) else []
+
+
+def _prompt_of(row: dict[str, Any], store: Any) -> Any:
+    if row["prompt"] is not None or not row["prompt_ref"] or store is None:
+        return row["prompt"]
+    from ops.compiler import split_ref
+
+    try:
+        return json.loads(store.get(*split_ref(row["prompt_ref"])))
+    except Exception:  # a missing or unreadable object: the passages are then unknown, not an error
+        return None
+
+
+def _retrieval(conn: sa.Connection, plan_id: str, calls: list[dict[str, Any]], store: Any) -> dict[str, Any]:
+    """Chunks the plan's prompts carried, the documents and versions they come from, and the index."""
+    prompts = _rows(
+        conn, "SELECT id, task_id, prompt, prompt_ref FROM llm_calls WHERE plan_id = :p", p=plan_id
+    )
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    without = 0
+    for row in prompts:
+        prompt = _prompt_of(row, store)
+        if prompt is None:
+            without += 1
+            continue
+        for chunk_id, source in _PASSAGE.findall("\n".join(_strings(prompt))):
+            key = (row["task_id"], html.unescape(chunk_id))
+            seen.setdefault(key, {"task_id": key[0], "chunk_id": key[1], "source": html.unescape(source)})
+    chunks = list(seen.values())
+    ids = sorted({c["chunk_id"] for c in chunks})
+    first_call = min((c["created_at"] for c in calls), default=None)
+    indexes = _live_indexes(conn, first_call)
+    where: dict[str, dict[str, Any]] = {}
+    for index in indexes:
+        if ids and _IDENT.match(index["view"]):
+            for row in _rows(
+                conn,
+                f"SELECT chunk_id, document, version, ordinal FROM {index['view']} "
+                "WHERE chunk_id = ANY(:ids)",
+                ids=ids,
+            ):
+                where.setdefault(
+                    row["chunk_id"], {**row, "collection": index["collection"], "index": index["index"]}
+                )
+    missing = [i for i in ids if i not in where]
+    if missing:
+        # Chunks no longer in a live index (re-indexed since) are still in the chunk table.
+        for row in _rows(
+            conn,
+            "SELECT chunk_id, document, version, ordinal, collection FROM rag_chunks "
+            "WHERE chunk_id = ANY(:ids)",
+            ids=missing,
+        ):
+            where.setdefault(row["chunk_id"], {**row, "index": None})
+    for c in chunks:
+        found = where.get(c["chunk_id"], {})
+        c.update({k: found.get(k) for k in ("collection", "document", "version", "ordinal", "index")})
+    documents = sorted(
+        {(c["collection"], c["document"], c["version"]) for c in chunks if c["document"]},
+        key=lambda d: tuple(str(x) for x in d),
+    )
+    used = {c["collection"] for c in chunks}
+    return {
+        "chunks": chunks,
+        "documents": [{"collection": c, "document": d, "version": v} for c, d, v in documents],
+        "indexes": [i for i in indexes if i["collection"] in used],
+        "calls_without_prompt": without,
+    }
+
+
+def _live_indexes(conn: sa.Connection, first_call: str | None) -> list[dict[str, Any]]:
+    """Each collection's live pgvector index; whether it was already live when the plan's first call ran."""
+    if conn.execute(sa.text("SELECT to_regclass('rag_vector_indexes')")).scalar() is None:
+        return []
+    rows = _rows(
+        conn,
+        "SELECT collection, view_name AS view, table_name AS index, model, dim, built_at "
+        "FROM rag_vector_indexes",
+    )
+    for row in rows:
+        # The alias swaps atomically: an index built before the plan's first call is the one it searched.
+        built = datetime.fromisoformat(row["built_at"])
+        row["live_at_retrieval"] = bool(first_call and built <= datetime.fromisoformat(first_call))
+    return rows
+
+
+def load_audit(
+    engine: sa.Engine, plan_id: str, *, instance: Any = None, store: Any = None
+) -> dict[str, Any] | None:
+    """Everything recorded about one plan, as JSON-ready data (None when nothing is)."""
+    timeline = load_timeline(engine, plan_id)
+    with engine.connect() as conn:
+        log = _rows(
+            conn,
+            "SELECT id, at, actor, action, subject, detail FROM audit_log WHERE plan_id = :p ORDER BY at, id",
+            p=plan_id,
+        )
+        api = next(
+            iter(
+                _rows(
+                    conn,
+                    "SELECT event_id, plan_id, tenant, workflow, trace_id, idempotency_key IS NOT NULL AS "
+                    "idempotency_key_used, created_at AS submitted_at FROM api_requests WHERE plan_id = :p",
+                    p=plan_id,
+                )
+            ),
+            None,
+        )
+        if timeline is None and api is None and not log:
+            return None
+        wf = timeline["workflow"] if timeline else None
+        request = _request(wf, api, log)
+        spec = next(
+            iter(
+                _rows(
+                    conn,
+                    "SELECT name, version, spec_hash, description, source_file, registered_at "
+                    "FROM workflow_definitions WHERE name = :n AND version = :v",
+                    n=request["workflow"],
+                    v=request["version"],
+                )
+            ),
+            None,
+        )
+        calls = timeline["llm_calls"] if timeline else []
+        retrieval = _retrieval(conn, plan_id, calls, store)
+    tasks = timeline["tasks"] if timeline else []
+    run_ids = list(dict.fromkeys([*(wf["dagster_run_ids"] if wf else []), *(t["run_id"] for t in tasks)]))
+    return {
+        "plan_id": plan_id,
+        "status": wf["status"] if wf else "submitted",
+        "error": wf["error"] if wf else None,
+        "request": request,
+        "spec": spec,
+        "dagster_runs": _dagster_runs(run_ids, plan_id, instance),
+        "tasks": tasks,
+        "approvals": [e for e in log if e["action"].startswith("approval.")],
+        "llm_calls": calls,
+        "retrieval": retrieval,
+        "totals": timeline["totals"] if timeline else {},
+        "audit_log": log,
+    }
+
+
+def render_audit(doc: dict[str, Any]) -> str:
+    """The lineage as text, one section per layer."""
+    r = doc["request"]
+    lines = [
+        f"plan {doc['plan_id']}  status {doc['status']}"
+        + (f"  error: {doc['error'][:300]}" if doc["error"] else ""),
+        "request",
+        f"  event {r['event_id']}  workflow {r['workflow']} {r['version']}  tenant {r['tenant']}  "
+        f"trace {r['trace_id'] or '-'}",
+        f"  submitted {r['submitted_at'] or '-'}  received {r['received_at'] or '-'} "
+        f"by {r['received_by'] or '-'} via {r['received_via'] or '-'}",
+    ]
+    s = doc["spec"]
+    lines.append("spec")
+    lines.append(
+        f"  {s['name']} {s['version']}  hash {s['spec_hash']}  registered {s['registered_at']}"
+        + (f"  from {s['source_file']}" if s["source_file"] else "")
+        if s
+        else "  (not registered: no run of this plan started)"
+    )
+    lines.append("dagster runs")
+    for run in doc["dagster_runs"]:
+        tags = {k: v for k, v in (run.get("tags") or {}).items() if not k.startswith("dagster/")}
+        lines.append(
+            f"  {run['run_id']}  {run['status'] or 'unknown'}"
+            + (f"  parent {run['parent_run_id']}" if run.get("parent_run_id") else "")
+            + (f"  {run['note']}" if run.get("note") else "")
+        )
+        lines += [f"      {k}={v}" for k, v in sorted(tags.items())]
+    lines.append("tasks")
+    for t in doc["tasks"]:
+        lines.append(
+            f"  {t['task_id']} attempt {t['attempt']} {t['status']}{' reused' if t['reused'] else ''}  "
+            f"agent {t['agent']}  run {t['run_id']}  tokens {t['input_tokens']}/{t['output_tokens']}  "
+            f"cost ${float(t['cost_usd'] or 0):.6f}" + (f"  error: {t['error'][:200]}" if t["error"] else "")
+        )
+    lines.append("approvals")
+    lines += [
+        f"  {a['at']}  {a['action']} {a['subject']} by {a['actor']}"
+        + (f": {a['detail']['comment']}" if a["detail"].get("comment") else "")
+        for a in doc["approvals"]
+    ] or ["  (none)"]
+    lines.append("llm calls")
+    for c in doc["llm_calls"]:
+        ev = c["evaluation"] or {}
+        score = " ".join(
+            f"{k}={v}" for k, v in ev.items() if k in ("schema_valid", "groundedness", "answer_relevance")
+        )
+        refs = " ".join(f"{k}={c[k]}" for k in ("prompt_ref", "response_ref") if c[k])
+        lines.append(
+            f"  {c['created_at']}  {c['provider']}/{c['model']}  task {c['task_id']} attempt {c['attempt']}  "
+            f"tokens {c['input_tokens']}/{c['output_tokens']}  {c['latency_ms'] or 0:.0f}ms"
+            f"{' cache-hit' if c['cache_hit'] else ''}"
+            + (f"  eval {score}" if score else "")
+            + (f"  {refs}" if refs else "")
+            + (f"  error: {c['error'][:160]}" if c["error"] else "")
+        )
+    rv = doc["retrieval"]
+    lines.append("documents and indexes")
+    for d in rv["documents"]:
+        lines.append(f"  {d['collection']}/{d['document']} version {d['version']}")
+    for i in rv["indexes"]:
+        when = (
+            "live at retrieval"
+            if i["live_at_retrieval"]
+            else "built after this plan's calls (replaced since)"
+        )
+        lines.append(f"  index {i['collection']} -> {i['index']} ({i['model']}, dim {i['dim']}, {when})")
+    unresolved = [c["chunk_id"] for c in rv["chunks"] if not c["document"]]
+    if unresolved:
+        lines.append(f"  chunks no longer indexed: {', '.join(unresolved)}")
+    if not rv["chunks"]:
+        lines.append("  (no retrieved passages recorded)")
+    if rv["calls_without_prompt"]:
+        lines.append(f"  {rv['calls_without_prompt']} LLM calls stored no prompt: their passages are unknown")
+    lines.append("audit log")
+    for e in doc["audit_log"]:
+        detail = json.dumps(e["detail"], sort_keys=True, default=str)
+        lines.append(f"  {e['at']}  {e['actor']}  {e['action']}  {e['subject']}  {detail[:240]}")
+    return "\n".join(lines)
+
+
+def _dagster_instance(postgres_url: str) -> tuple[Any, str | None]:
+    """The stack's Dagster instance ($DAGSTER_HOME, else $AGENTFLOW_DATA_DIR/dagster_home), or why not."""
+    home = os.environ.get("DAGSTER_HOME") or str(get_settings().data_path / "dagster_home")
+    if not (Path(home) / "dagster.yaml").exists():
+        return None, f"no Dagster instance at {home} (set DAGSTER_HOME): run statuses unknown"
+    # The repo's dagster.yaml reads its storage URL from here (psycopg2 dialect, as `agentflow up` sets it).
+    os.environ.setdefault(
+        "AGENTFLOW_DAGSTER_POSTGRES_URL", postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
+    )
+    import dagster as dg
+
+    try:
+        return dg.DagsterInstance.from_config(home), None
+    except Exception as exc:
+        return (
+            None,
+            f"Dagster instance at {home} unavailable ({type(exc).__name__}: {exc}): run statuses unknown",
+        )
+
+
+def _object_store() -> Any:
+    from agentflow_dagster.resources_env import build_resources
+
+    try:
+        return build_resources(get_settings())["object_store"].store
+    except Exception:  # offloaded prompts are then listed by reference only
+        return None
+
+
+@click.command("audit")
+@click.argument("plan_id")
+@click.option("--json", "as_json", is_flag=True, help="print the lineage as JSON")
+def audit(plan_id: str, as_json: bool) -> None:
+    """Print PLAN_ID's lineage: request, spec, runs, tasks, approvals, LLM calls, documents, audit log."""
+    url = _postgres_url()
+    engine = make_engine(url)
+    instance, note = _dagster_instance(url)
+    try:
+        doc = load_audit(engine, plan_id, instance=instance, store=_object_store())
+    except sa.exc.OperationalError as exc:
+        raise click.ClickException(f"Postgres at {url} unreachable: {exc.orig}") from exc
+    finally:
+        engine.dispose()
+        if instance is not None:
+            instance.dispose()
+    if doc is None:
+        raise click.ClickException(
+            f"no workflow with plan_id {plan_id!r} in {url} (plan ids look like plan-<20 hex>, "
+            "as printed by `agentflow submit`)"
+        )
+    if note:
+        doc["note"] = note
+    if as_json:
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    click.echo(render_audit(doc))
+    if note:
+        click.echo(f"note: {note}", err=True)
