@@ -364,19 +364,20 @@ def _object_store() -> Any:
 def audit(plan_id: str, as_json: bool) -> None:
     """Print PLAN_ID's lineage: request, spec, runs, tasks, approvals, LLM calls, documents, audit log."""
     url = _postgres_url()
+    shown = sa.engine.make_url(url).render_as_string(hide_password=True)
     engine = make_engine(url)
     instance, note = _dagster_instance(url)
     try:
         doc = load_audit(engine, plan_id, instance=instance, store=_object_store())
     except sa.exc.OperationalError as exc:
-        raise click.ClickException(f"Postgres at {url} unreachable: {exc.orig}") from exc
+        raise click.ClickException(f"Postgres at {shown} unreachable: {exc.orig}") from exc
     finally:
         engine.dispose()
         if instance is not None:
             instance.dispose()
     if doc is None:
         raise click.ClickException(
-            f"no workflow with plan_id {plan_id!r} in {url} (plan ids look like plan-<20 hex>, "
+            f"no workflow with plan_id {plan_id!r} in {shown} (plan ids look like plan-<20 hex>, "
             "as printed by `agentflow submit`)"
         )
     if note:
