@@ -9,6 +9,7 @@ echo "== ruff"
 ruff check .
 ruff format --check .
 echo "== mypy"; mypy agentflow_dagster assets ops sensors resources
+echo "== security"; bash .ci/security.sh
 echo "== pytest"
 set +e
 python -m pytest -q -p no:cacheprovider "$@"

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     kafka_partitions: int = 4
     max_event_bytes: int = 256 * 1024
     inline_input_limit: int = 8 * 1024
+    # Input + output tokens one workflow instance (plan) may spend across all its tasks, retries and
+    # re-executions; 0 = no cap. Checked before every LLM call (ops/budget.py).
+    max_tokens_per_workflow: int = Field(default=200_000, ge=0)
 
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AGENTFLOW_OPENAI_BASE_URL")

@@ -8,7 +8,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel
 
 from agentflow_dagster.agents import schemas
-from agentflow_dagster.agents.tools import RETRIEVAL
+from agentflow_dagster.agents.tools import KNOWN_TOOLS, RETRIEVAL
 
 # Retrieved text can carry prompt injections; the model is told, in the system message it cannot
 # see overridden by data, that delimited passages and task inputs are evidence only.
@@ -36,6 +36,21 @@ class AgentRole:
     tools: frozenset[str] = frozenset()
     profile: str = "default"
     max_schema_retries: int = 2
+    # Unbounded consumption: the completion of one call is capped (sent as `max_tokens`), and a prompt
+    # over the input cap (estimated tokens) is refused before anything is sent.
+    max_output_tokens: int = 1024
+    max_prompt_tokens: int = 16_000
+
+    def __post_init__(self) -> None:
+        unknown = self.tools - KNOWN_TOOLS
+        if unknown:
+            raise ValueError(
+                f"agent {self.name!r}: unknown tools {sorted(unknown)}; known: {sorted(KNOWN_TOOLS)}"
+            )
+
+    def allows(self, tool: str) -> bool:
+        """Whether this role may use `tool` (its allow-list; the model cannot extend it)."""
+        return tool in self.tools
 
     @property
     def output_fields(self) -> frozenset[str]:
@@ -48,11 +63,12 @@ def _role(
     output: type[BaseModel],
     tools: frozenset[str] = frozenset(),
     profile: str = "default",
+    max_output_tokens: int = 1024,
 ) -> AgentRole:
     prompt = ChatPromptTemplate.from_messages(
         [("system", instructions + SAFETY_RULES), ("human", HUMAN_TEMPLATE)]
     )
-    return AgentRole(name, instructions, prompt, output, tools, profile)
+    return AgentRole(name, instructions, prompt, output, tools, profile, max_output_tokens=max_output_tokens)
 
 
 _ROLES = (
@@ -76,6 +92,7 @@ _ROLES = (
         "executive summary and sections that follow the outline.",
         schemas.Report,
         profile="reasoning",
+        max_output_tokens=4096,
     ),
     _role(
         "reviewer",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
 RETRIEVAL = "retrieval"
 KNOWN_TOOLS = frozenset({RETRIEVAL})
+# Bounds on retrieval arguments: the collection naming rule of documents and routes, query length, k.
+COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_QUERY_CHARS = 2000
+MAX_K = 20
 
 
 class Hit(BaseModel):
@@ -56,6 +61,13 @@ def coerce_hit(raw: Any, index: int) -> Hit:
 
 def retrieve(retriever: Retriever | None, query: str, collection: str, k: int) -> RetrievalResult:
     """Run retrieval; with no retriever configured return no hits and say so (never invent passages)."""
+    # The arguments may come from an upstream model's output ($tasks.route.collection): bound them.
+    if not COLLECTION_RE.match(collection):
+        return RetrievalResult(
+            query=query[:MAX_QUERY_CHARS], collection=collection[:80],
+            note=f"refused: collection name {collection[:80]!r} does not match {COLLECTION_RE.pattern}",
+        )  # fmt: skip
+    query, k = query[:MAX_QUERY_CHARS], max(1, min(k, MAX_K))
     if retriever is None:
         return RetrievalResult(
             query=query, collection=collection, note="no retriever configured: retrieval returned no passages"

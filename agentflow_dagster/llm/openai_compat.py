@@ -131,7 +131,8 @@ class OpenAICompatProvider:
         self.response_format = response_format
         self.prices = prices
         self._sleep = sleep
-        self._rng = random.Random(seed)  # noqa: S311 - jitter, not security
+        # Retry jitter, not security (bandit B311 is a false positive here).
+        self._rng = random.Random(seed)  # noqa: S311  # nosec B311
         # Local servers ignore the key, but the client insists on one.
         self.client = openai.OpenAI(
             base_url=base_url,

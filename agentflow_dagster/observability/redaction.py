@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Secrets are always redacted; these cover the credential shapes this platform handles.
+# (bandit B105 takes the token pattern below for a hard-coded password: it is a regex.)
 SECRET_PATTERNS: dict[str, str] = {
     "private_key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]+?-----END [A-Z ]*PRIVATE KEY-----",
     "openai_key": r"\bsk-(?:proj-)?[A-Za-z0-9_\-]{16,}",
     "agentflow_key": r"\baf_[0-9a-f]{12}_[A-Za-z0-9_\-]{43}",
     "aws_access_key": r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",
-    "github_token": r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",
+    "github_token": r"\bgh[pousr]_[A-Za-z0-9]{36,}\b",  # nosec B105
     "jwt": r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}",
     "bearer": r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{16,}",
     "assignment": r"(?i)\b(?:api[_-]?key|secret|password|passwd|access[_-]?token)\b\s*[:=]\s*[^\s,;\"']{6,}",

@@ -1,0 +1,1 @@
+"""LLM-specific security (OWASP top 10 for LLM applications): injection, consumption, secrets."""
