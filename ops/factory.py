@@ -15,7 +15,7 @@ from agentflow_dagster.agents.tools import Retriever
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
 from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
-from ops import history
+from ops import approvals, history
 from ops.idempotency import TaskLock, TaskOutputStore, input_digest, lock_key, wait_for_lock
 from ops.retry import is_last_attempt, retry_policy_for
 
@@ -206,6 +206,26 @@ class _TaskExecution:
             },
         }
 
+    def pass_gate(self) -> bool:
+        """For a `requires_approval` task: True once approved; else the plan waits or ends rejected here."""
+        if not self.task.requires_approval:
+            return True
+        gate = approvals.enter_gate(
+            self.pg.engine, self.plan_id, self.task_key, self.task.agent, self.context.run_id,
+            self.task.approval_policy, ACTOR,
+        )  # fmt: skip
+        if gate.status == "approved":
+            self.context.log.info(f"{self.task_key}: approved by {gate.decided_by} at {gate.decided_at}")
+            return True
+        if gate.status == "rejected":
+            self.context.log.warning(f"{self.task_key}: {gate.rejection_reason()}; the workflow ends here")
+        else:
+            self.context.log.info(
+                f"{self.task_key}: waiting for approval until {gate.deadline}; the run stops here and an "
+                f"approval of plan {self.plan_id} resumes it in a new run"
+            )
+        return False
+
     def record_reuse(self) -> None:
         engine = self.pg.engine
         row = history.start_task_run(
@@ -282,17 +302,23 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
         ins[dep] = dg.In(list if dep in fanned else dict, description=f"result of task {dep}")
     if task.fan_out is not None:
         ins["item"] = dg.In(description=f"one element of {task.fan_out.over}")
+    # A gate that is not approved yields nothing: downstream ops are skipped and the run ends cleanly.
+    gated = task.requires_approval
     outs: dict[str, dg.Out] = {
-        "result": dg.Out(dict, description="task result with provider label and usage")
+        "result": dg.Out(dict, is_required=not gated, description="task result with provider label and usage")
     }
     for target in targets:
-        outs[f"fan_{target.task_id}"] = dg.DynamicOut(description=f"one {target.task_id} per element")
+        outs[f"fan_{target.task_id}"] = dg.DynamicOut(
+            is_required=not gated, description=f"one {target.task_id} per element"
+        )
     # Only tasks that retrieve ask for the retrieval resources (loading an embedder is not free).
     keys = tuple(retriever_keys) if task.retrieval is not None else ()
     resource_keys = set(BASE_RESOURCES) | set(keys)
 
     def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Any]:
         execution = _TaskExecution(context, spec, task, inputs)
+        if not execution.pass_gate():
+            return
         retriever = retriever_from(context.resources, keys)
         tracing.setup_tracing("agentflow-run-worker")
         if retriever is not None:

@@ -14,12 +14,13 @@ from dagster._core.storage.tags import WILL_RETRY_TAG
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowResult
 from agentflow_dagster.settings import Settings, get_settings
+from ops.approvals import RUN_REJECTED, RUN_WAITING, run_outcome
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
 from sensors.workflow_requests import TAG_TRACEPARENT
 
-ResultStatus = Literal["succeeded", "failed", "canceled"]
+ResultStatus = Literal["succeeded", "failed", "canceled", "waiting_approval"]
 # The compiler's collecting op, when it has one, holds the whole workflow's result.
 RESULT_TASK_ID = "workflow_result"
 _AUDIT = sa.text(
@@ -106,7 +107,9 @@ class ResultPublisher:
             conn.execute(
                 sa.text(
                     "UPDATE workflow_runs SET "
-                    "status = CASE WHEN finished_at IS NULL THEN 'running' ELSE status END,"
+                    # A late start event must not hide that the plan waits for an approval.
+                    "status = CASE WHEN finished_at IS NULL AND status <> 'waiting_approval' THEN 'running' "
+                    "ELSE status END,"
                     f" started_at = COALESCE(started_at, :at), updated_at = now(), {_APPEND_RUN_ID} "
                     "WHERE plan_id = :p"
                 ),
@@ -144,17 +147,26 @@ class ResultPublisher:
         # One transaction: the claim row stays locked (a concurrent publisher waits on it) and is only
         # committed after the broker acknowledged the result, so a failed send leaves the run unclaimed.
         with self.postgres.engine.begin() as conn:
+            # A run that stopped at an approval gate ends successfully without finishing the workflow;
+            # a rejection is published as a failure (the plan's row says `rejected`).
+            gate = run_outcome(conn, plan_id, run.run_id) if status == "succeeded" else None
+            if gate is not None:
+                status, error = ("failed" if gate[0] == RUN_REJECTED else "waiting_approval"), gate[1]
             claimed = conn.execute(
                 sa.text(
                     "INSERT INTO published_results (run_id, plan_id, status) VALUES (:r, :p, :s) "
                     "ON CONFLICT DO NOTHING"
                 ),
-                {"r": run.run_id, "p": plan_id, "s": status},
+                {"r": run.run_id, "p": plan_id, "s": gate[0] if gate is not None else status},
             ).rowcount
             if not claimed:
                 return False
-            finals = self.finals.get(run.job_name, ())
-            task_id, output, output_ref = _final_output(conn, plan_id, finals, status == "succeeded")
+            task_id: str | None = None
+            output: Any = None
+            output_ref: str | None = None
+            if gate is None:
+                finals = self.finals.get(run.job_name, ())
+                task_id, output, output_ref = _final_output(conn, plan_id, finals, status == "succeeded")
             result = WorkflowResult(
                 event_id=event_id,
                 plan_id=plan_id,
@@ -169,7 +181,10 @@ class ResultPublisher:
             )
             if result.output is None and output is not None:
                 result.output_ref = self._offload(output, plan_id, run.run_id)
-            self._record(conn, run, result, task_id, finished_at)
+            if gate is not None:
+                self._record_gate(conn, run, result, gate[0])
+            else:
+                self._record(conn, run, result, task_id, finished_at)
             self._send(result, tags.get(TAG_TRACEPARENT))
         return True
 
@@ -227,6 +242,21 @@ class ResultPublisher:
                 "s": run.run_id,
                 "d": json.dumps(detail),
             },
+        )
+
+    def _record_gate(
+        self, conn: sa.Connection, run: dg.DagsterRun, result: WorkflowResult, gate: str
+    ) -> None:
+        """The gate op already set the plan's status (`waiting_approval` or `rejected`): add the run only."""
+        conn.execute(
+            sa.text(f"UPDATE workflow_runs SET {_APPEND_RUN_ID}, updated_at = now() WHERE plan_id = :p"),
+            {"p": result.plan_id, "run_id": run.run_id},
+        )
+        action = "run.waiting_approval" if gate == RUN_WAITING else "run.rejected"
+        detail = {"status": result.status, "detail": (result.error or "")[:500]}
+        conn.execute(
+            _AUDIT,
+            {"p": result.plan_id, "a": self.actor, "act": action, "s": run.run_id, "d": json.dumps(detail)},
         )
 
     def _send(self, result: WorkflowResult, traceparent: str | None) -> None:

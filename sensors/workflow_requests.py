@@ -61,6 +61,14 @@ def inputs_key(plan_id: str) -> str:
     return f"requests/{plan_id}.json"
 
 
+def audit_dead_letter(
+    postgres: PostgresResource, actor: str, record: KafkaRecord, reason: str, dlq_topic: str
+) -> None:
+    """One audit row per dead-lettered event (`agentflow_dlq_events_total` counts these)."""
+    detail = {"dlq_topic": dlq_topic, "source": f"{record.topic}[{record.partition}]@{record.offset}"}
+    postgres.audit(actor, DLQ_ACTION, None, record.topic, reason=reason[:1000], **detail)
+
+
 @dataclass
 class RequestIntake:
     """Turns request records into RunRequests and their history rows; raises BadRecord for bad events."""
@@ -172,9 +180,7 @@ class RequestIntake:
         return data
 
     def record_dead_letter(self, record: KafkaRecord, reason: str, dlq_topic: str) -> None:
-        """One audit row per dead-lettered event (`agentflow_dlq_events_total` counts these)."""
-        detail = {"dlq_topic": dlq_topic, "source": f"{record.topic}[{record.partition}]@{record.offset}"}
-        self.postgres.audit(self.actor, DLQ_ACTION, None, record.topic, reason=reason[:1000], **detail)
+        audit_dead_letter(self.postgres, self.actor, record, reason, dlq_topic)
 
     def _record_queued(
         self, req: WorkflowRequest, version: str, trace_id: str, generated: bool, record: KafkaRecord

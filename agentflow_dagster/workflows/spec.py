@@ -7,7 +7,15 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+)
 
 TASK_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Op and input names the compiler itself uses; a task may not take them.
@@ -97,6 +105,17 @@ class RetrievalSpec(BaseModel):
     k: int = Field(default=4, ge=1, le=50)
 
 
+class ApprovalSpec(BaseModel):
+    """How long a `requires_approval` task waits for a human decision, and what happens after that."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timeout_s: float = Field(default=86400.0, gt=0.0, le=30 * 86400.0)
+    # reject: the workflow ends `rejected`; escalate: one more timeout_s for `escalate_to`, then reject.
+    on_timeout: Literal["reject", "escalate"] = "reject"
+    escalate_to: str = Field(default="", max_length=200, description="who is asked after the timeout")
+
+
 class TaskSpec(BaseModel):
     """One agent task: an op in the compiled job."""
 
@@ -113,6 +132,34 @@ class TaskSpec(BaseModel):
     fan_out: FanOutSpec | None = None
     retrieval: RetrievalSpec | None = None
     requires_approval: bool = False
+    approval: ApprovalSpec | None = None
+
+    @field_validator("requires_approval")
+    @classmethod
+    def _gate_not_fanned(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("fan_out") is not None:
+            raise ValueError("a fanned-out task cannot require approval; gate the task it fans out from")
+        return value
+
+    @field_validator("approval")
+    @classmethod
+    def _approval_needs_gate(cls, value: ApprovalSpec | None, info: ValidationInfo) -> ApprovalSpec | None:
+        if value is not None and not info.data.get("requires_approval"):
+            raise ValueError("approval settings only apply to a task with requires_approval: true")
+        return value
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_approval(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Specs written before approval settings existed keep their hash (and their tasks' input digests).
+        data: dict[str, Any] = handler(self)
+        if data.get("approval", ...) is None:
+            del data["approval"]
+        return data
+
+    @property
+    def approval_policy(self) -> ApprovalSpec:
+        """The task's approval settings (defaults when the spec gives none)."""
+        return self.approval or ApprovalSpec()
 
 
 class WorkflowSpec(BaseModel):
