@@ -18,6 +18,7 @@ while read -r id _; do
   ignores+=(--ignore-vuln "$id")
 done < .ci/pip-audit-ignore.txt
 report=$(mktemp)
+trap 'rm -f "$report" "$report.err"' EXIT
 set +e
 # --skip-editable: the project itself is not on PyPI.
 pip-audit --progress-spinner off --skip-editable -f json -o "$report" "${ignores[@]}" 2>"$report.err"
