@@ -10,12 +10,13 @@ import dagster as dg
 import redis as redis_lib
 
 from agentflow_dagster.agents.roles import AgentRole, get_agent
-from agentflow_dagster.agents.runner import AgentError, AgentRun, run_agent
+from agentflow_dagster.agents.runner import AgentBudgetError, AgentError, AgentRun, run_agent
 from agentflow_dagster.agents.tools import Retriever
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
 from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
 from ops import approvals, history
+from ops.budget import WorkflowTokenBudget
 from ops.idempotency import TaskLock, TaskOutputStore, input_digest, lock_key, wait_for_lock
 from ops.retry import is_last_attempt, retry_policy_for
 
@@ -143,6 +144,7 @@ class _TaskExecution:
                 retrieval_request=self.retrieval,
                 recorder=recorder,
                 deadline=time.monotonic() + self.task.timeout_s,
+                budget=WorkflowTokenBudget(engine, self.plan_id),
             )
         except AgentError as exc:
             u = exc.usage
@@ -172,7 +174,7 @@ class _TaskExecution:
             give_up = is_last_attempt(self.context.retry_number, self.task.retry) or not exc.retryable
             if not give_up:
                 raise  # Dagster's RetryPolicy schedules the next attempt
-            if not self.task.fallback_agent:
+            if not self.task.fallback_agent or isinstance(exc, AgentBudgetError):
                 self.fail_workflow(str(exc))
                 raise dg.Failure(f"{self.task_key}: {exc}", allow_retries=False) from exc
             self.context.log.warning(

@@ -12,9 +12,6 @@ from tests.ops.conftest import Resources, execute, new_request, rows, server_llm
 from tests.support.llm_server import LLMTestServer
 
 
-# ops/factory.py (edited by someone else at the time) does not pass the budget to run_agent yet; strict:
-# once it does, this test passes and the mark must go. The wiring was checked on a scratch copy.
-@pytest.mark.xfail(strict=True, reason="ops/factory.py does not pass WorkflowTokenBudget to run_agent yet")
 def test_cap_fails_the_workflow_without_fallback(
     monkeypatch: pytest.MonkeyPatch,
     workflow_resources: Resources,
