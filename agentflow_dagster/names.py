@@ -4,6 +4,7 @@ TOPIC_REQUESTS = "agentflow.workflow.requests"
 TOPIC_REQUESTS_DLQ = "agentflow.workflow.requests.dlq"
 TOPIC_RESULTS = "agentflow.workflow.results"
 TOPIC_APPROVALS = "agentflow.workflow.approvals"
+TOPIC_APPROVALS_DLQ = "agentflow.workflow.approvals.dlq"
 TOPIC_DOCUMENTS = "agentflow.documents"
 TOPIC_DOCUMENTS_DLQ = "agentflow.documents.dlq"
 TOPICS = (
@@ -11,6 +12,7 @@ TOPICS = (
     TOPIC_REQUESTS_DLQ,
     TOPIC_RESULTS,
     TOPIC_APPROVALS,
+    TOPIC_APPROVALS_DLQ,
     TOPIC_DOCUMENTS,
     TOPIC_DOCUMENTS_DLQ,
 )

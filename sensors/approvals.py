@@ -37,7 +37,7 @@ from sensors.workflow_requests import (
     trace_id_from,
 )
 
-DLQ_TOPIC = f"{names.TOPIC_APPROVALS}.dlq"
+DLQ_TOPIC = names.TOPIC_APPROVALS_DLQ
 TAG_RESUMED_FROM = "agentflow/resumed_from"
 TAG_APPROVAL = "agentflow/approval"
 

@@ -13,7 +13,9 @@ from agentflow_dagster.events import DocumentEvent
 from agentflow_dagster.settings import Settings, get_settings
 from resources.kafka import KafkaResource
 from resources.object_store import validate_key
+from resources.postgres import PostgresResource
 from sensors.kafka_reader import BadRecord, KafkaRecord, KafkaTopicReader, ReaderConfig
+from sensors.workflow_requests import audit_dead_letter
 
 TAG_TRIGGER = "agentflow/trigger"
 TAG_EVENT_COUNT = "agentflow/event_count"
@@ -87,7 +89,9 @@ def make_document_sensor(
         default_status=default_status,
         description=f"Kafka {names.TOPIC_DOCUMENTS} -> partition per collection + run; bad events -> .dlq",
     )
-    def _sensor(context: dg.SensorEvaluationContext, kafka: KafkaResource) -> dg.SensorResult:
+    def _sensor(
+        context: dg.SensorEvaluationContext, kafka: KafkaResource, postgres: PostgresResource
+    ) -> dg.SensorResult:
         intake = DocumentIntake(max_event_bytes=(settings or get_settings()).max_event_bytes)
         reader = KafkaTopicReader(
             names.TOPIC_DOCUMENTS,
@@ -96,6 +100,8 @@ def make_document_sensor(
             context.log,
             reader_cfg,
             dlq_topic=names.TOPIC_DOCUMENTS_DLQ,
+            # One audit row per dead letter: `agentflow_dlq_events_total{topic="agentflow.documents"}`.
+            on_dead_letter=lambda record, reason, dlq: audit_dead_letter(postgres, name, record, reason, dlq),
         )
         result = reader.read(context.cursor, intake.handle)
         new = [

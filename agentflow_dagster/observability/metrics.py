@@ -38,6 +38,7 @@ DLQ_ACTION = "event.dead_lettered"
 SENSOR_TOPICS = {
     "workflow_request_sensor": names.TOPIC_REQUESTS,
     "document_sensor": names.TOPIC_DOCUMENTS,
+    "workflow_approval_sensor": names.TOPIC_APPROVALS,
 }
 
 

@@ -9,12 +9,14 @@ from dataclasses import replace
 
 import dagster as dg
 import pytest
+import sqlalchemy as sa
 
 from agentflow_dagster import names
 from agentflow_dagster.events import DeadLetter
 from agentflow_dagster.settings import Settings
 from assets.rag import COLLECTIONS, rag_index_job
 from resources.kafka import KafkaResource
+from resources.postgres import PostgresResource
 from sensors.documents import make_document_sensor
 from tests.sensors.conftest import FAST, end_cursor, read_all
 
@@ -22,6 +24,11 @@ from tests.sensors.conftest import FAST, end_cursor, read_all
 @pytest.fixture(scope="module")
 def kafka(kafka_bootstrap: str) -> KafkaResource:
     return KafkaResource(bootstrap_servers=kafka_bootstrap)
+
+
+@pytest.fixture(scope="module")
+def postgres(pg_url: str) -> PostgresResource:
+    return PostgresResource(url=pg_url)
 
 
 @pytest.fixture()
@@ -35,16 +42,21 @@ def event(event_id: str, collection: str, key: str, action: str = "add") -> byte
 
 
 def tick(
-    sensor: dg.SensorDefinition, instance: dg.DagsterInstance, kafka: KafkaResource, cursor: str
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    kafka: KafkaResource,
+    postgres: PostgresResource,
+    cursor: str,
 ) -> dg.SensorResult:
-    with dg.build_sensor_context(cursor=cursor, instance=instance, resources={"kafka": kafka}) as context:
+    resources = {"kafka": kafka, "postgres": postgres}
+    with dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources) as context:
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
     return result
 
 
 def test_events_become_partitions_and_one_run_per_collection(
-    kafka: KafkaResource, instance: dg.DagsterInstance
+    kafka: KafkaResource, postgres: PostgresResource, instance: dg.DagsterInstance
 ) -> None:
     sensor = make_document_sensor(rag_index_job, COLLECTIONS, reader_config=replace(FAST, max_records=50),
                                   settings=Settings(max_event_bytes=2048))  # fmt: skip
@@ -69,7 +81,7 @@ def test_events_become_partitions_and_one_run_per_collection(
     producer.flush()
     producer.close()
 
-    result = tick(sensor, instance, kafka, cursor)
+    result = tick(sensor, instance, kafka, postgres, cursor)
     runs = {r.partition_key: r for r in result.run_requests or []}
     assert set(runs) == {a, b}
     assert runs[a].run_key == f"e4-{tag}" and runs[a].tags[names.TAG_EVENT_ID] == f"e4-{tag}"
@@ -86,8 +98,26 @@ def test_events_become_partitions_and_one_run_per_collection(
     assert reasons[0].startswith(f"invalid object key '{a}/../etc/passwd'")
     assert reasons[1].startswith(f"key '{b}/stolen.txt' is outside its collection")
     assert reasons[2].startswith("not JSON") and reasons[3].startswith("oversized: ")
+    # Each dead letter is one audit row, which the DLQ metric counts.
+    with postgres.engine.connect() as conn:
+        audited = (
+            conn.execute(
+                sa.text(
+                    "SELECT detail->>'source' FROM audit_log WHERE action = 'event.dead_lettered' "
+                    "AND actor = 'document_sensor' AND detail->>'dlq_topic' = :t "
+                    "AND detail->>'source' = ANY(:s)"
+                ),
+                {
+                    "t": names.TOPIC_DOCUMENTS_DLQ,
+                    "s": [f"{x.source_topic}[{x.partition}]@{x.offset}" for x in letters],
+                },
+            )
+            .scalars()
+            .all()
+        )
+    assert len(audited) == 4, audited
 
     # The cursor moved past everything: a second tick with it requests nothing new.
     instance.add_dynamic_partitions(COLLECTIONS, [a, b])
-    again = tick(sensor, instance, kafka, result.cursor or "")
+    again = tick(sensor, instance, kafka, postgres, result.cursor or "")
     assert not again.run_requests and not again.dynamic_partitions_requests
