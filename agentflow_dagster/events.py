@@ -46,7 +46,7 @@ class WorkflowResult(BaseModel):
     run_id: str
     workflow: str
     tenant: str
-    status: Literal["succeeded", "failed", "canceled", "waiting_approval"]
+    status: Literal["succeeded", "failed", "canceled", "waiting_approval", "rejected"]
     output: dict[str, Any] | None = None
     output_ref: str | None = None
     error: str | None = None

@@ -20,7 +20,7 @@ from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
 from sensors.workflow_requests import TAG_TRACEPARENT
 
-ResultStatus = Literal["succeeded", "failed", "canceled", "waiting_approval"]
+ResultStatus = Literal["succeeded", "failed", "canceled", "waiting_approval", "rejected"]
 # The compiler's collecting op, when it has one, holds the whole workflow's result.
 RESULT_TASK_ID = "workflow_result"
 _AUDIT = sa.text(
@@ -148,10 +148,10 @@ class ResultPublisher:
         # committed after the broker acknowledged the result, so a failed send leaves the run unclaimed.
         with self.postgres.engine.begin() as conn:
             # A run that stopped at an approval gate ends successfully without finishing the workflow;
-            # a rejection is published as a failure (the plan's row says `rejected`).
+            # a rejection ends it with status `rejected` and the reason.
             gate = run_outcome(conn, plan_id, run.run_id) if status == "succeeded" else None
             if gate is not None:
-                status, error = ("failed" if gate[0] == RUN_REJECTED else "waiting_approval"), gate[1]
+                status, error = ("rejected" if gate[0] == RUN_REJECTED else "waiting_approval"), gate[1]
             claimed = conn.execute(
                 sa.text(
                     "INSERT INTO published_results (run_id, plan_id, status) VALUES (:r, :p, :s) "

@@ -183,7 +183,7 @@ def test_rejected_ends_the_workflow_with_the_reason(
     )
     [waiting, rejected] = stack.results()
     assert waiting.status == "waiting_approval"
-    assert (rejected.status, rejected.error, rejected.run_id) == ("failed", reason, resumed.run_id)
+    assert (rejected.status, rejected.error, rejected.run_id) == ("rejected", reason, resumed.run_id)
 
     audit = _audit(stack, plan_id)
     actions = [a[0] for a in audit]
