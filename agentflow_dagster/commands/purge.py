@@ -10,8 +10,16 @@ import click
 import sqlalchemy as sa
 
 # Child tables first; workflow_runs last, so a purge stopped halfway leaves no orphan rows behind.
-HISTORY_TABLES = ("task_runs", "task_outputs", "llm_calls", "published_results", "workflow_runs")
-TERMINAL = ("succeeded", "failed", "canceled")
+HISTORY_TABLES = (
+    "task_runs",
+    "task_outputs",
+    "llm_calls",
+    "published_results",
+    "workflow_approvals",
+    "approval_events",
+    "workflow_runs",
+)
+TERMINAL = ("succeeded", "failed", "canceled", "rejected")
 BATCH = 500
 
 

@@ -45,6 +45,17 @@ def _plan(engine: sa.Engine, finished_days_ago: float | None, status: str = "suc
             sa.text("INSERT INTO audit_log (plan_id, actor, action) VALUES (:p, 'test', 'task.succeeded')"),
             {"p": plan},
         )
+        conn.execute(
+            sa.text("INSERT INTO workflow_approvals (plan_id, task_id, status) VALUES (:p, 't', 'approved')"),
+            {"p": plan},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO approval_events (event_id, plan_id, task_id, decision, actor, tenant, "
+                "decided_at, outcome) VALUES (:e, :p, 't', 'approve', 'test', 'default', now(), 'recorded')"
+            ),
+            {"e": f"approval-{plan}", "p": plan},
+        )
     return plan
 
 
@@ -56,6 +67,7 @@ def _count(engine: sa.Engine, table: str, plan: str) -> int:
 
 def test_purge_deletes_old_finished_work_and_keeps_the_rest(engine: sa.Engine) -> None:
     old, recent, running = _plan(engine, 40), _plan(engine, 1), _plan(engine, None, status="running")
+    rejected, waiting = _plan(engine, 40, status="rejected"), _plan(engine, None, status="waiting_approval")
     with dg.instance_for_test() as instance:
         run_id = _tiny.execute_in_process(instance=instance).run_id
         assert instance.get_run_by_id(run_id) is not None
@@ -68,9 +80,13 @@ def test_purge_deletes_old_finished_work_and_keeps_the_rest(engine: sa.Engine) -
         assert report.dagster_runs == 0  # the run is newer than 30 days
         assert report.rows["workflow_runs"] >= 1 and report.rows["task_runs"] >= 1
         assert _count(engine, "workflow_runs", old) == 0 and _count(engine, "task_runs", old) == 0
+        for table in ("workflow_runs", "workflow_approvals", "approval_events"):
+            assert _count(engine, table, rejected) == 0, f"{table} of an old rejected plan"
+            assert _count(engine, table, old) == 0
         assert _count(engine, "audit_log", old) == 1, "the audit log stays without --include-audit"
-        for kept in (recent, running):
+        for kept in (recent, running, waiting):
             assert _count(engine, "workflow_runs", kept) == 1 and _count(engine, "task_runs", kept) == 1
+            assert _count(engine, "workflow_approvals", kept) == 1
 
         # Runs only: the history tables are shared with the rest of the session's tests.
         assert purge_dagster_runs(instance, datetime.now(UTC)) == 1
