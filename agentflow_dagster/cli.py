@@ -6,7 +6,18 @@ import warnings
 
 import click
 
-from agentflow_dagster.commands import api, audit, keys, observability, purge, rag, stack, submit, workflows
+from agentflow_dagster.commands import (
+    api,
+    approve,
+    audit,
+    keys,
+    observability,
+    purge,
+    rag,
+    stack,
+    submit,
+    workflows,
+)
 
 # platformdirs (via pgserver) warns when XDG_RUNTIME_DIR is unset; it falls back to /tmp correctly.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
@@ -25,6 +36,7 @@ main.add_command(api.api)
 main.add_command(rag.ingest)
 main.add_command(rag.search)
 main.add_command(submit.submit)
+main.add_command(approve.approve)
 main.add_command(workflows.workflows)
 main.add_command(observability.metrics_server)
 main.add_command(observability.trace)

@@ -248,5 +248,8 @@ def submit(
             f"no result for {req.plan_id} within {timeout:.0f}s (see `agentflow status`)"
         )
     click.echo(result.model_dump_json(indent=2))
+    if result.status == "waiting_approval":
+        click.echo(f"waiting for approval: agentflow approve {req.plan_id} <task_id> [--reject]", err=True)
+        sys.exit(3)
     if result.status != "succeeded":
         sys.exit(1)
