@@ -324,7 +324,10 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
         retriever = retriever_from(context.resources, keys)
         tracing.setup_tracing("agentflow-run-worker")
         if retriever is not None:
-            retriever = llm_records.TracedRetriever(retriever, execution.plan_id, execution.task_key)
+            retriever = llm_records.TracedRetriever(
+                retriever, execution.plan_id, execution.task_key, engine=execution.pg.engine,
+                run_id=context.run_id, trace_id=execution.request.get("trace_id"),
+            )  # fmt: skip
         # The run's trace context travels in the request (from the run tags via run config), across processes.
         with tracing.agent_span(
             task.agent, execution.plan_id, execution.task_key, parent=execution.request.get("traceparent"),

@@ -116,8 +116,92 @@ def _prompt_of(row: dict[str, Any], store: Any) -> Any:
         return None
 
 
+def _has_table(conn: sa.Connection, name: str) -> bool:
+    return conn.execute(sa.text("SELECT to_regclass(:t)"), {"t": name}).scalar() is not None
+
+
 def _retrieval(conn: sa.Connection, plan_id: str, calls: list[dict[str, Any]], store: Any) -> dict[str, Any]:
-    """Chunks the plan's prompts carried, the documents and versions they come from, and the index."""
+    """What the plan's tasks retrieved: its `retrievals` rows; for plans recorded before them, its prompts."""
+    if _has_table(conn, "retrievals"):
+        searches = _rows(
+            conn,
+            "SELECT id, task_id, run_id, trace_id, span_id, created_at, collection, query, content_mode, k, "
+            "mode, backend, index_name, embedding_model, latency_ms, hits, error FROM retrievals "
+            "WHERE plan_id = :p ORDER BY created_at, id",
+            p=plan_id,
+        )
+        if searches:
+            return _recorded_retrieval(conn, searches)
+    return _retrieval_from_prompts(conn, plan_id, calls, store)
+
+
+def _recorded_retrieval(conn: sa.Connection, searches: list[dict[str, Any]]) -> dict[str, Any]:
+    """Chunks, documents and the physical indexes searched, as each search recorded them."""
+    live = (
+        {
+            r["collection"]: r
+            for r in _rows(conn, "SELECT collection, table_name, dim FROM rag_vector_indexes")
+        }
+        if _has_table(conn, "rag_vector_indexes")
+        else {}
+    )
+    chunks: list[dict[str, Any]] = []
+    indexes: dict[tuple[str, str], dict[str, Any]] = {}
+    for s in searches:
+        for h in s["hits"]:
+            chunks.append(
+                {
+                    "task_id": s["task_id"],
+                    "retrieval_id": s["id"],
+                    "collection": s["collection"],
+                    "index": h.get("index") or s["index_name"],
+                    **{k: h.get(k) for k in ("chunk_id", "document", "version", "ordinal", "start", "end")},
+                    "score": h.get("score"),
+                }
+            )
+        for name in dict.fromkeys([s["index_name"], *(h.get("index") for h in s["hits"])]):
+            if not name:
+                continue
+            entry = indexes.setdefault(
+                (s["collection"], name),
+                {
+                    "collection": s["collection"],
+                    "index": name,
+                    "backend": s["backend"],
+                    "model": s["embedding_model"],
+                    "searches": 0,
+                    "first_searched_at": s["created_at"],
+                    "status": _index_status(s["backend"], name, live.get(s["collection"])),
+                },
+            )
+            entry["searches"] += 1
+            if entry["status"] == "live" and live.get(s["collection"]):
+                entry["dim"] = live[s["collection"]]["dim"]
+    documents = sorted(
+        {(c["collection"], c["document"], c["version"]) for c in chunks if c["document"]},
+        key=lambda d: tuple(str(x) for x in d),
+    )
+    return {
+        "source": "retrievals",
+        "searches": searches,
+        "chunks": chunks,
+        "documents": [{"collection": c, "document": d, "version": v} for c, d, v in documents],
+        "indexes": list(indexes.values()),
+        "calls_without_prompt": 0,
+    }
+
+
+def _index_status(backend: str | None, name: str, live: dict[str, Any] | None) -> str:
+    """`live` (still behind the alias), `replaced` (rebuilt since) or `unknown` (not a pgvector index)."""
+    if backend != "pgvector":
+        return "unknown"
+    return "live" if live and live["table_name"] == name else "replaced"
+
+
+def _retrieval_from_prompts(
+    conn: sa.Connection, plan_id: str, calls: list[dict[str, Any]], store: Any
+) -> dict[str, Any]:
+    """Plans recorded before `retrievals`: chunk ids parsed from prompts, the index guessed by build time."""
     prompts = _rows(
         conn, "SELECT id, task_id, prompt, prompt_ref FROM llm_calls WHERE plan_id = :p", p=plan_id
     )
@@ -166,6 +250,8 @@ def _retrieval(conn: sa.Connection, plan_id: str, calls: list[dict[str, Any]], s
     )
     used = {c["collection"] for c in chunks}
     return {
+        "source": "prompts",
+        "searches": [],
         "chunks": chunks,
         "documents": [{"collection": c, "document": d, "version": v} for c, d, v in documents],
         "indexes": [i for i in indexes if i["collection"] in used],
@@ -175,7 +261,7 @@ def _retrieval(conn: sa.Connection, plan_id: str, calls: list[dict[str, Any]], s
 
 def _live_indexes(conn: sa.Connection, first_call: str | None) -> list[dict[str, Any]]:
     """Each collection's live pgvector index; whether it was already live when the plan's first call ran."""
-    if conn.execute(sa.text("SELECT to_regclass('rag_vector_indexes')")).scalar() is None:
+    if not _has_table(conn, "rag_vector_indexes"):
         return []
     rows = _rows(
         conn,
@@ -304,29 +390,59 @@ def render_audit(doc: dict[str, Any]) -> str:
             + (f"  {refs}" if refs else "")
             + (f"  error: {c['error'][:160]}" if c["error"] else "")
         )
-    rv = doc["retrieval"]
+    lines += _render_retrieval(doc["retrieval"])
+    lines.append("audit log")
+    for e in doc["audit_log"]:
+        detail = json.dumps(e["detail"], sort_keys=True, default=str)
+        lines.append(f"  {e['at']}  {e['actor']}  {e['action']}  {e['subject']}  {detail[:240]}")
+    return "\n".join(lines)
+
+
+_STATUS = {"live": "still live", "replaced": "replaced since", "unknown": "live state not checked"}
+
+
+def _render_retrieval(rv: dict[str, Any]) -> list[str]:
+    """Each search with its hits, then the documents and indexes they came from."""
+    lines = ["retrievals"]
+    for s in rv["searches"]:
+        query = "(not stored)" if s["query"] is None else json.dumps(s["query"][:120], ensure_ascii=False)
+        lines.append(
+            f"  {s['created_at']}  task {s['task_id']}  run {s['run_id']}  {s['collection']} k={s['k']} "
+            f"{s['mode'] or '-'} -> {s['index_name'] or '?'}  {len(s['hits'])} hits  "
+            f"{s['latency_ms'] or 0:.0f}ms  query {query}"
+            + (f"  error: {s['error'][:160]}" if s["error"] else "")
+        )
+        lines += [
+            f"      {h.get('document')} version {h.get('version')}  chunk {h.get('chunk_id')} "
+            f"[{h.get('start')}:{h.get('end')}]  score {float(h.get('score') or 0):.4f}"
+            for h in s["hits"]
+        ]
+    if rv["source"] == "prompts":
+        lines.append("  (recorded before retrieval records: passages parsed from the stored prompts)")
+    elif not rv["searches"]:
+        lines.append("  (none)")
     lines.append("documents and indexes")
     for d in rv["documents"]:
         lines.append(f"  {d['collection']}/{d['document']} version {d['version']}")
     for i in rv["indexes"]:
+        if rv["source"] == "retrievals":
+            when = f"searched {i['searches']}x, {_STATUS[i['status']]}"
+            lines.append(f"  index {i['collection']} -> {i['index']} ({i['backend']}, {i['model']}, {when})")
+            continue
         when = (
-            "live at retrieval"
+            "live at retrieval, guessed from build time"
             if i["live_at_retrieval"]
             else "built after this plan's calls (replaced since)"
         )
         lines.append(f"  index {i['collection']} -> {i['index']} ({i['model']}, dim {i['dim']}, {when})")
     unresolved = [c["chunk_id"] for c in rv["chunks"] if not c["document"]]
     if unresolved:
-        lines.append(f"  chunks no longer indexed: {', '.join(unresolved)}")
+        lines.append(f"  chunks without a document: {', '.join(unresolved)}")
     if not rv["chunks"]:
         lines.append("  (no retrieved passages recorded)")
     if rv["calls_without_prompt"]:
         lines.append(f"  {rv['calls_without_prompt']} LLM calls stored no prompt: their passages are unknown")
-    lines.append("audit log")
-    for e in doc["audit_log"]:
-        detail = json.dumps(e["detail"], sort_keys=True, default=str)
-        lines.append(f"  {e['at']}  {e['actor']}  {e['action']}  {e['subject']}  {detail[:240]}")
-    return "\n".join(lines)
+    return lines
 
 
 def _dagster_instance(postgres_url: str) -> tuple[Any, str | None]:

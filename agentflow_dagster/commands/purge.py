@@ -14,6 +14,7 @@ HISTORY_TABLES = (
     "task_runs",
     "task_outputs",
     "llm_calls",
+    "retrievals",
     "published_results",
     "workflow_approvals",
     "approval_events",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,25 +36,136 @@ class ContextSource:
     texts: list[str] = field(default_factory=list)
 
 
+_INSERT_RETRIEVAL = sa.text(
+    "INSERT INTO retrievals (plan_id, task_id, run_id, trace_id, span_id, collection, query, content_mode, "
+    "redactions, k, mode, backend, index_name, embedding_model, latency_ms, hits, error) VALUES (:plan_id, "
+    ":task_id, :run_id, :trace_id, :span_id, :collection, :query, :content_mode, CAST(:redactions AS jsonb), "
+    ":k, :mode, :backend, :index_name, :embedding_model, :latency_ms, CAST(:hits AS jsonb), :error) "
+    "RETURNING id"
+)
+# What a `retrievals` hit keeps: where the chunk is in which version of which document, and its rank.
+_HIT_FIELDS = (
+    "chunk_id",
+    "document",
+    "version",
+    "ordinal",
+    "start",
+    "end",
+    "score",
+    "vector_rank",
+    "text_rank",
+)
+
+
+def _field(hit: Any, name: str) -> Any:
+    return hit.get(name) if isinstance(hit, dict) else getattr(hit, name, None)
+
+
+def hit_record(hit: Any) -> dict[str, Any]:
+    """The lineage of one hit (RAG `Hit`, agents `Hit` or dict); fields a retriever lacks are left out."""
+    out = {name: _field(hit, name) for name in _HIT_FIELDS}
+    # Generic retrievers name these id and source (agents.tools.Hit).
+    out["chunk_id"] = out["chunk_id"] or _field(hit, "id")
+    out["document"] = out["document"] or _field(hit, "source") or None
+    return {k: v for k, v in out.items() if v is not None}
+
+
 @dataclass
 class TracedRetriever:
-    """Wraps a retriever: each search is a `retrieval` span, and its passages are kept for evaluation."""
+    """Wraps a retriever: each search is a `retrieval` span and a `retrievals` row; passages feed evaluation.
+
+    With an engine, the row is written before the hits are returned: a task that cannot record what it
+    read fails (only when Postgres is down, and the task's other history rows would fail then too).
+    """
 
     inner: Any
     plan_id: str | None = None
     task_id: str | None = None
     context: ContextSource = field(default_factory=ContextSource)
+    engine: sa.Engine | None = None
+    run_id: str | None = None
+    trace_id: str | None = None  # fallback when tracing is off: the workflow's trace id from the run tags
+    settings: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    rows: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.redactor = redactor_from_settings(
+            self.settings.redact_pii_patterns, self.settings.redact_secret_patterns
+        )
 
     def search(self, query: str, collection: str, k: int) -> list[Any]:
-        """The inner retriever's hits, under a span with the hit count."""
+        """The inner retriever's hits, under a span with the hit count, recorded in `retrievals`."""
         with tracing.retrieval_span(collection, self.plan_id, self.task_id, gen_ai__request__top_k=k) as sp:
-            hits = list(self.inner.search(query, collection, k))
+            start = time.perf_counter()
+            try:
+                hits = list(self.inner.search(query, collection, k))
+            except Exception as exc:
+                latency = (time.perf_counter() - start) * 1000
+                self._record(sp, query, collection, k, [], latency, f"{type(exc).__name__}: {exc}")
+                raise
+            latency = (time.perf_counter() - start) * 1000
             sp.set_attribute("agentflow.retrieval.hits", len(hits))
+            index = self._record(sp, query, collection, k, hits, latency, None)
+            if index:
+                sp.set_attribute("agentflow.retrieval.index", index)
         for hit in hits:
-            text = hit.get("text") if isinstance(hit, dict) else getattr(hit, "text", None)
+            text = _field(hit, "text")
             if isinstance(text, str):
                 self.context.texts.append(text)
         return hits
+
+    def _index_of(self, collection: str, hits: list[Any]) -> str | None:
+        """The physical index the hits came from; with no hits, the one live behind the alias now."""
+        served = [i for i in (_field(h, "index") for h in hits) if i]
+        if served:
+            return str(served[0])
+        info = getattr(getattr(self.inner, "store", None), "info", None)
+        live = info(collection) if callable(info) else None
+        return None if live is None else str(live.name)
+
+    def _record(
+        self, sp: Any, query: str, collection: str, k: int, hits: list[Any], latency: float, error: str | None
+    ) -> str | None:
+        if self.engine is None:
+            return None
+        index = self._index_of(collection, hits)
+        records = []
+        for hit in hits:
+            rec = hit_record(hit)
+            served = _field(hit, "index")
+            if served and served != index:  # an alias swap between the two halves of a hybrid search
+                rec["index"] = served
+            records.append(rec)
+        counts: dict[str, int] = {}
+        stored_query = None if self.settings.llm_content_mode == "none" else self.redactor.text(query, counts)
+        trace_id, span_id = tracing.ids_of(sp)
+        store = getattr(self.inner, "store", None)
+        embedder = getattr(self.inner, "embedder", None)
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                _INSERT_RETRIEVAL,
+                {
+                    "plan_id": self.plan_id,
+                    "task_id": self.task_id,
+                    "run_id": self.run_id,
+                    "trace_id": trace_id or self.trace_id,
+                    "span_id": span_id,
+                    "collection": collection,
+                    "query": stored_query,
+                    "content_mode": self.settings.llm_content_mode,
+                    "redactions": json.dumps(counts),
+                    "k": k,
+                    "mode": getattr(self.inner, "mode", None),
+                    "backend": getattr(store, "backend", None),
+                    "index_name": index,
+                    "embedding_model": getattr(embedder, "model_id", None),
+                    "latency_ms": round(latency, 3),
+                    "hits": json.dumps(records, default=str),
+                    "error": self.redactor.text(error) if error else None,
+                },
+            ).scalar_one()
+        self.rows.append(int(row))
+        return index
 
 
 def _digest(data: bytes) -> str:

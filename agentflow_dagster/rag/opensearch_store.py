@@ -375,6 +375,7 @@ class OpenSearchVectorStore:
             score=score,
             vector_rank=vr,
             text_rank=tr,
+            index=h.get("_index"),  # the concrete index behind the alias that answered
         )
 
     def close(self) -> None:

@@ -27,8 +27,11 @@ from agentflow_dagster.rag.store import (
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _COLUMNS = "chunk_id, document, version, ordinal, start_offset, end_offset, text, metadata, embedding"
+# The alias row is read in the same statement as the view, so under one snapshot: a rebuild swaps both
+# in one transaction, and the name returned is the table the rows came from.
 _HIT_COLUMNS = (
-    "c.chunk_id, c.document, c.version, c.ordinal, c.start_offset, c.end_offset, c.text, c.metadata"
+    "c.chunk_id, c.document, c.version, c.ordinal, c.start_offset, c.end_offset, c.text, c.metadata,"
+    " (SELECT table_name FROM rag_vector_indexes WHERE collection = :coll) AS index_name"
 )
 # HNSW on `vector` stops at 2000 dimensions; wider models are indexed as half precision.
 _MAX_VECTOR_DIMS = 2000
@@ -344,6 +347,7 @@ class PgVectorStore:
                 "k": k,
                 "n": n,
                 "rrf": RRF_K,
+                "coll": collection,
             }
         )
         view = self.view_name(collection)
@@ -403,6 +407,7 @@ class PgVectorStore:
                 score=float(r.score),
                 vector_rank=r.vr,
                 text_rank=r.tr,
+                index=r.index_name,
             )
             for r in rows
         ]

@@ -25,6 +25,7 @@ class Hit(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     vector_rank: int | None = None
     text_rank: int | None = None
+    index: str | None = None  # the physical index searched (the alias resolved at query time)
 
     @property
     def provenance(self) -> dict[str, Any]:
@@ -76,6 +77,7 @@ class Retriever:
                 metadata=h.metadata,
                 vector_rank=h.vector_rank,
                 text_rank=h.text_rank,
+                index=h.index,
             )
             # Consumers that keep only `metadata` (agents' generic hit shape) still get the provenance.
             hit.metadata["provenance"] = hit.provenance

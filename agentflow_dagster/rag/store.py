@@ -63,6 +63,8 @@ class StoreHit:
     score: float
     vector_rank: int | None = None
     text_rank: int | None = None
+    # The physical index that served the hit (behind the alias at query time): lineage survives a rebuild.
+    index: str | None = None
 
 
 @dataclass(frozen=True)

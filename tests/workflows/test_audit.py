@@ -1,5 +1,6 @@
 """`agentflow audit PLAN_ID` on a real workflow run: request, spec, runs, tasks, approvals, LLM calls,
-the documents and index version retrieval used, the audit log in time order; and an unknown plan."""
+the retrievals (documents, scores and the physical index searched), the audit log in time order; plans
+recorded before retrieval records; and an unknown plan."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from typing import Any
 import dagster as dg
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 
 from agentflow_dagster.api.direct import run_tags
-from agentflow_dagster.commands.audit import audit
+from agentflow_dagster.commands.audit import audit, load_audit, render_audit
+from agentflow_dagster.db import make_engine
 from agentflow_dagster.rag.pgvector_store import PgVectorStore
 from agentflow_dagster.rag.retriever import Retriever
 from agentflow_dagster.rag.store import VectorRecord
@@ -153,14 +156,26 @@ def test_audit_of_a_real_run(
     assert calls and {c["task_id"] for c in calls} == set(spec.task_ids)
     assert all(c["provider"] == "offline-extractive" and c["model"] and c["input_tokens"] for c in calls)
 
+    # From the `retrievals` row the task wrote: the generation table it searched, hits with their scores.
     retrieval = doc["retrieval"]
+    assert retrieval["source"] == "retrievals"
+    [search] = retrieval["searches"]
+    assert (search["task_id"], search["run_id"], search["collection"]) == (
+        "retrieve",
+        result.run_id,
+        collection,
+    )
+    assert search["index_name"] == index_name and search["trace_id"] == "ab" * 16 and search["error"] is None
+    assert search["query"] and search["k"] == 5 and search["mode"] == "hybrid"
+    assert {h["chunk_id"] for h in search["hits"]} == {f"{collection}-{name}-0" for name in DOCS}
+    assert all(h["score"] > 0 for h in search["hits"])
     assert {c["task_id"] for c in retrieval["chunks"]} == {"retrieve"}
     assert {(d["document"], d["version"]) for d in retrieval["documents"]} == {
         (name, f"v-{name}") for name in DOCS
     }
     [index] = retrieval["indexes"]
     assert index["collection"] == collection and index["index"] == index_name
-    assert index["model"] == "test-hash-16" and index["live_at_retrieval"] is True
+    assert (index["backend"], index["model"], index["status"]) == ("pgvector", "test-hash-16", "live")
 
     times = [e["at"] for e in doc["audit_log"]]
     assert times == sorted(times) and len(times) >= len(spec.task_ids) + 2
@@ -174,6 +189,26 @@ def test_audit_of_a_real_run(
         assert f"\n{section}\n" in text
     assert f"event {req.event_id}" in text and result.run_id in text
     assert f"index {collection} -> {index_name}" in text and "refunds.md version v-refunds.md" in text
+    assert "\nretrievals\n" in text and f"task retrieve  run {result.run_id}" in text
+
+    # A rebuild since: the audit still names the index searched, now marked replaced.
+    _index(pg_url, collection)[0].close()
+    engine = make_engine(pg_url)
+    rebuilt = load_audit(engine, req.plan_id)
+    assert rebuilt is not None
+    [index] = rebuilt["retrieval"]["indexes"]
+    assert index["index"] == index_name and index["status"] == "replaced"
+
+    # A plan recorded before migration 0006 (no rows): passages parsed from its prompts instead.
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM retrievals WHERE plan_id = :p"), {"p": req.plan_id})
+    old = load_audit(engine, req.plan_id)
+    engine.dispose()
+    assert old is not None and old["retrieval"]["source"] == "prompts"
+    assert {(d["document"], d["version"]) for d in old["retrieval"]["documents"]} == {
+        (name, f"v-{name}") for name in DOCS
+    }
+    assert "passages parsed from the stored prompts" in render_audit(old)
 
     store.drop(collection)
     store.close()
