@@ -16,6 +16,15 @@ from resources.vector_store import VectorStoreResource
 TAG_TRIGGER = "agentflow/trigger"
 MAX_LISTED = 200  # metadata lists are capped so a large collection does not bloat the event log
 
+# Every rag asset is safe to re-run: each step writes in one transaction (or builds a new index and
+# swaps it in), keyed by content, so a retried attempt redoes only what the failed one rolled back.
+# Waits of about 2, 6 and 14 s (each +-2 s): an object store or Postgres restart of up to ~20 s is
+# absorbed by the same run; a longer outage fails the run, and the next event or the nightly
+# schedule re-materializes.
+RAG_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=2.0, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
 
 class ChunkingConfig(dg.Config):
     chunk_size: int = 200  # tokens of the embedding model (all-MiniLM-L6-v2 reads at most 256)
@@ -43,6 +52,7 @@ def _capped(items: dict[str, str]) -> dict[str, str]:
 @dg.asset(
     group_name="rag",
     partitions_def=collections_partitions,
+    retry_policy=RAG_RETRY_POLICY,
     kinds={"s3", "postgres"},
     description="Objects under agentflow-documents/<collection>/ parsed to text (txt, md, html, pdf).",
 )
@@ -71,6 +81,7 @@ def raw_documents(
 @dg.asset(
     group_name="rag",
     partitions_def=collections_partitions,
+    retry_policy=RAG_RETRY_POLICY,
     deps=[raw_documents],
     kinds={"langchain", "postgres"},
     description="Token-aware chunks of each document; chunk ids are content hashes.",
@@ -81,7 +92,10 @@ def document_chunks(
     postgres: PostgresResource,
     embeddings: EmbeddingsResource,
 ) -> dg.MaterializeResult:
-    chunker = Chunker(config.chunk_size, config.chunk_overlap, embeddings.tokenizer_json)
+    try:
+        chunker = Chunker(config.chunk_size, config.chunk_overlap, embeddings.tokenizer_json)
+    except ValueError as exc:  # a bad ChunkingConfig fails the same way every time: not retried
+        raise dg.Failure(f"document_chunks config: {exc}", allow_retries=False) from exc
     stats = chunk_documents(postgres.engine, context.partition_key, chunker, context.run_id)
     return dg.MaterializeResult(
         metadata={
@@ -101,6 +115,7 @@ def document_chunks(
 @dg.asset(
     group_name="rag",
     partitions_def=collections_partitions,
+    retry_policy=RAG_RETRY_POLICY,
     deps=[document_chunks],
     kinds={"pytorch", "postgres"},
     description="An embedding per chunk, from a cache keyed by (model, content hash): text is embedded once.",
@@ -127,6 +142,7 @@ def chunk_embeddings(
 @dg.asset(
     group_name="rag",
     partitions_def=collections_partitions,
+    retry_policy=RAG_RETRY_POLICY,
     deps=[chunk_embeddings],
     kinds={"pgvector", "opensearch"},
     description="The collection's searchable index (HNSW + full text); rebuilds swap an alias atomically.",
