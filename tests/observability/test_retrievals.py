@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentflow_dagster.commands.purge import purge_history
 from agentflow_dagster.db import make_engine
+from agentflow_dagster.observability import tracing
 from agentflow_dagster.observability.config import ObservabilitySettings
 from agentflow_dagster.observability.llm_records import TracedRetriever, hit_record
 from agentflow_dagster.rag.pgvector_store import PgVectorStore
@@ -54,7 +56,7 @@ def _row(engine: sa.Engine, row_id: int) -> Any:
 
 
 def test_row_names_the_physical_index_across_a_rebuild(
-    engine: sa.Engine, indexed: tuple[PgVectorStore, str]
+    engine: sa.Engine, indexed: tuple[PgVectorStore, str], spans: InMemorySpanExporter
 ) -> None:
     store, collection = indexed
     plan = f"plan-{uuid.uuid4().hex[:8]}"
@@ -73,7 +75,10 @@ def test_row_names_the_physical_index_across_a_rebuild(
     # The generation table behind the view, not the view the query named.
     assert row.index_name == first_index.name and row.index_name != store.view_name(collection)
     assert (row.backend, row.mode, row.embedding_model) == ("pgvector", "hybrid", "test-hash-16")
-    assert row.trace_id == "ab" * 16 and row.latency_ms > 0 and row.error is None
+    assert row.latency_ms > 0 and row.error is None
+    [span] = [sp for sp in spans.get_finished_spans() if sp.name == "retrieval"]
+    assert (row.trace_id, row.span_id) == (f"{span.context.trace_id:032x}", f"{span.context.span_id:016x}")
+    assert span.attributes is not None and span.attributes["agentflow.retrieval.index"] == row.index_name
     assert "jane.doe@example.com" not in row.query and "[REDACTED:email]" in row.query
     assert row.redactions == {"email": 1} and row.content_mode == "redacted"
     assert [h["chunk_id"] for h in row.hits] == [h.chunk_id for h in hits]
@@ -94,19 +99,22 @@ def test_row_names_the_physical_index_across_a_rebuild(
 
 
 def test_no_hits_records_the_live_index_and_a_failure_is_recorded_then_raised(
-    engine: sa.Engine, indexed: tuple[PgVectorStore, str]
+    engine: sa.Engine, indexed: tuple[PgVectorStore, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store, collection = indexed
     plan = f"plan-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(tracing, "_provider", None)  # tracing off: the run's trace id from the request
     settings = ObservabilitySettings(llm_content_mode="none")
     traced = TracedRetriever(
-        Retriever(HashEmbedder(), store, mode="text"), plan, "t", engine=engine, settings=settings
-    )
+        Retriever(HashEmbedder(), store, mode="text"), plan, "t", engine=engine, trace_id="ab" * 16,
+        settings=settings,
+    )  # fmt: skip
     assert traced.search("zzzqqq nothing matches", collection, 3) == []
     empty = _row(engine, traced.rows[0])
     live = store.info(collection)
     assert live is not None and empty.index_name == live.name and empty.hits == []
     assert empty.query is None and empty.content_mode == "none" and empty.mode == "text"
+    assert (empty.trace_id, empty.span_id) == ("ab" * 16, None)
 
     class Broken:
         def search(self, query: str, collection: str, k: int) -> list[Any]:
