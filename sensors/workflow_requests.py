@@ -15,9 +15,11 @@ from pydantic import ValidationError
 
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowRequest
+from agentflow_dagster.limits import MAX_RUNTIME_TAG, TenantQuotas, TokenBudget, run_max_runtime_s
 from agentflow_dagster.observability import tracing
 from agentflow_dagster.observability.metrics import DLQ_ACTION
 from agentflow_dagster.settings import Settings, get_settings
+from agentflow_dagster.workflows.spec import WorkflowSpec
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectNotFound, ObjectStoreResource
 from resources.postgres import PostgresResource
@@ -39,6 +41,11 @@ class WorkflowInfo(Protocol):
     version: str
 
     def validate_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]: ...
+
+
+def max_runtime_tags(spec: WorkflowInfo | None) -> dict[str, str]:
+    """`dagster/max_runtime` from a workflow spec's task timeouts and retries (none for other specs)."""
+    return {MAX_RUNTIME_TAG: str(run_max_runtime_s(spec))} if isinstance(spec, WorkflowSpec) else {}
 
 
 def compiler_run_config(req: WorkflowRequest, version: str, traceparent: str) -> dict[str, Any]:
@@ -79,9 +86,11 @@ class RequestIntake:
     settings: Settings
     postgres: PostgresResource
     object_store: ObjectStoreResource
+    quotas: TenantQuotas = field(default_factory=TenantQuotas)
     actor: str = "workflow_request_sensor"
     run_requests: list[dg.RunRequest] = field(default_factory=list)
     _seen: set[str] = field(default_factory=set)
+    _budget: TokenBudget | None = None
 
     def handle(self, record: KafkaRecord) -> None:
         if len(record.value) > self.settings.max_event_bytes:
@@ -104,6 +113,7 @@ class RequestIntake:
             raise BadRecord(
                 f"unknown workflow {req.workflow!r}; known: {', '.join(sorted(self.jobs)) or 'none'}"
             )
+        self._check_budget(req)
         req, version = self._checked_inputs(req)
 
         header = record.header("traceparent")
@@ -141,9 +151,38 @@ class RequestIntake:
                     TAG_TRACEPARENT: traceparent,
                     TAG_VERSION: version,
                     TAG_PRIORITY: str(req.priority),
+                    **max_runtime_tags(self.specs.get(req.workflow)),
                 },
             )
         )
+
+    def _check_budget(self, req: WorkflowRequest) -> None:
+        """An over-budget tenant's new event is dead-lettered (the API answers 429 for the same reason).
+
+        Not deferred: holding the cursor would stall every tenant on the partition until the next UTC
+        day. The DLQ keeps the original bytes and headers, so the event can be produced again later.
+        A replay of an event that already has a run is let through: its run_key makes it a no-op.
+        """
+        limit = self.quotas.token_budget(req.tenant)
+        if limit <= 0:
+            return
+        if self._budget is None:
+            # No Redis here: the sums are cached in this intake, i.e. read once per tenant per tick.
+            self._budget = TokenBudget(None, self.postgres.engine, self.quotas.usage_cache_s)
+        verdict = self._budget.check(req.tenant, limit)
+        if verdict.allowed or self._known(req.plan_id):
+            return
+        raise BadRecord(
+            f"token budget exceeded for tenant {req.tenant} (used {verdict.used} of {verdict.limit} today); "
+            f"the budget resets at 00:00 UTC, in {verdict.retry_after_s} s"
+        )
+
+    def _known(self, plan_id: str) -> bool:
+        with self.postgres.engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM workflow_runs WHERE plan_id = :p"), {"p": plan_id}
+            ).first()
+        return found is not None
 
     def _checked_inputs(self, req: WorkflowRequest) -> tuple[WorkflowRequest, str]:
         """Validate inputs against the spec (when known) and move large ones to the object store."""
@@ -236,6 +275,7 @@ def make_workflow_request_sensor(
     run_config: RunConfigFn = compiler_run_config,
     reader_config: ReaderConfig | None = None,
     settings: Settings | None = None,
+    quotas: TenantQuotas | None = None,
     name: str = "workflow_request_sensor",
     minimum_interval_seconds: int = 2,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
@@ -265,6 +305,7 @@ def make_workflow_request_sensor(
             settings=settings or get_settings(),
             postgres=postgres,
             object_store=object_store,
+            quotas=quotas or TenantQuotas(),
             actor=name,
         )
         tracing.setup_tracing("agentflow-sensors")

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from agentflow_dagster.limits import TenantLimits, TenantQuotas
+
+__all__ = ["ApiConfig", "TenantLimits"]
 
 
-class TenantLimits(BaseModel):
-    """Per-tenant overrides of the default limits (None = use the default)."""
+class ApiConfig(TenantQuotas):
+    """Limits and knobs of `agentflow api`; addresses of the servers come from `Settings`.
 
-    requests_per_minute: int | None = Field(default=None, ge=1)
-    daily_token_budget: int | None = Field(default=None, ge=0)
-
-
-class ApiConfig(BaseSettings):
-    """Limits and knobs of `agentflow api`; addresses of the servers come from `Settings`."""
+    The daily token budget fields (`daily_token_budget`, `tenant_limits`, `usage_cache_s`) come from
+    `TenantQuotas`: the request sensor reads the same variables.
+    """
 
     model_config = SettingsConfigDict(env_prefix="AGENTFLOW_API_", extra="ignore")
 
@@ -32,13 +33,7 @@ class ApiConfig(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_document_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     requests_per_minute: int = Field(default=600, ge=1)
-    # LLM tokens (input + output, cache hits excluded) a tenant may spend per UTC day; 0 = unlimited.
-    daily_token_budget: int = Field(default=0, ge=0)
-    # JSON, e.g. AGENTFLOW_API_TENANT_LIMITS='{"acme": {"requests_per_minute": 60}}'.
-    tenant_limits: dict[str, TenantLimits] = Field(default_factory=dict)
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=60)
-    # How long a token-usage sum read from Postgres is reused from Redis.
-    usage_cache_s: float = Field(default=5.0, ge=0.0)
     kafka_timeout_s: float = Field(default=10.0, gt=0.0)
     sse_poll_s: float = Field(default=1.0, gt=0.0)
     sse_max_s: float = Field(default=600.0, gt=0.0)
@@ -56,10 +51,3 @@ class ApiConfig(BaseSettings):
             if override and override.requests_per_minute
             else self.requests_per_minute
         )
-
-    def token_budget(self, tenant: str) -> int:
-        """Tokens per UTC day allowed for `tenant` (0 = unlimited)."""
-        override = self.tenant_limits.get(tenant)
-        if override and override.daily_token_budget is not None:
-            return override.daily_token_budget
-        return self.daily_token_budget

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -13,7 +15,15 @@ from dagster_graphql import DagsterGraphQLClient
 from agentflow_dagster import names
 from agentflow_dagster.api.context import Unavailable
 from agentflow_dagster.events import WorkflowRequest
-from sensors.workflow_requests import TAG_PRIORITY, TAG_TRACEPARENT, TAG_VERSION, trace_id_from
+from agentflow_dagster.workflows.loader import load_specs
+from agentflow_dagster.workflows.spec import WorkflowSpec
+from sensors.workflow_requests import (
+    TAG_PRIORITY,
+    TAG_TRACEPARENT,
+    TAG_VERSION,
+    max_runtime_tags,
+    trace_id_from,
+)
 
 _RUNS_BY_TAG = """
 query RunsByEvent($tags: [ExecutionTag!]) {
@@ -30,7 +40,15 @@ class DirectLaunchError(Unavailable):
     """The webserver refused or could not be reached; the message says which and why."""
 
 
-def run_tags(req: WorkflowRequest, version: str, traceparent: str) -> dict[str, str]:
+@functools.cache
+def shipped_specs() -> dict[str, WorkflowSpec]:
+    """The specs the code location loads (read once per process)."""
+    return load_specs()
+
+
+def run_tags(
+    req: WorkflowRequest, version: str, traceparent: str, spec: WorkflowSpec | None = None
+) -> dict[str, str]:
     """The same tags the request sensor puts on a run, so both paths look alike downstream."""
     return {
         names.TAG_PLAN_ID: req.plan_id,
@@ -41,6 +59,7 @@ def run_tags(req: WorkflowRequest, version: str, traceparent: str) -> dict[str, 
         TAG_TRACEPARENT: traceparent,
         TAG_VERSION: version,
         TAG_PRIORITY: str(req.priority),
+        **max_runtime_tags(spec),
     }
 
 
@@ -55,6 +74,7 @@ class DirectLauncher:
         repository: str = "__repository__",
         redis: redis_lib.Redis | None = None,
         timeout_s: float = 30.0,
+        specs: Mapping[str, WorkflowSpec] | None = None,
     ) -> None:
         parts = urlsplit(url if "://" in url else f"http://{url}")
         self.url = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
@@ -62,6 +82,7 @@ class DirectLauncher:
         self.repository = repository
         self.redis = redis
         self.timeout_s = timeout_s
+        self._specs = specs
         self.client = DagsterGraphQLClient(
             parts.hostname or "127.0.0.1",
             port_number=parts.port,
@@ -69,6 +90,11 @@ class DirectLauncher:
             timeout=int(timeout_s),
             path_prefix=parts.path.rstrip("/"),
         )
+
+    def spec_for(self, workflow: str, version: str) -> WorkflowSpec | None:
+        """The spec a run of `workflow` at `version` executes, for its max runtime (None: not known here)."""
+        spec = (self._specs if self._specs is not None else shipped_specs()).get(workflow)
+        return spec if spec is not None and spec.version == version else None
 
     def find_run(self, event_id: str) -> str | None:
         """The run already launched for this event, if any."""
@@ -111,7 +137,7 @@ class DirectLauncher:
                     repository_location_name=self.location,
                     repository_name=self.repository,
                     run_config=request_run_config(req, version, traceparent=traceparent),
-                    tags=run_tags(req, version, traceparent),
+                    tags=run_tags(req, version, traceparent, self.spec_for(req.workflow, version)),
                 )
             except (
                 Exception

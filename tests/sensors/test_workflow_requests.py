@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -13,8 +15,12 @@ import pytest
 import sqlalchemy as sa
 
 from agentflow_dagster import names
-from agentflow_dagster.events import DeadLetter, plan_id_for
+from agentflow_dagster.api.direct import run_tags
+from agentflow_dagster.events import DeadLetter, WorkflowRequest, plan_id_for
+from agentflow_dagster.limits import MAX_RUNTIME_TAG, TenantLimits, TenantQuotas, run_max_runtime_s
+from agentflow_dagster.observability.metrics import DLQ_ACTION
 from agentflow_dagster.settings import Settings
+from agentflow_dagster.workflows.spec import WorkflowSpec
 from resources.kafka import KafkaResource
 from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
@@ -49,41 +55,55 @@ def _event_id(letter: DeadLetter) -> str:
         return "?"
 
 
+Evaluate = Callable[..., list[dg.RunRequest]]
+
+
 @pytest.fixture()
-def evaluate(
+def sensor_for(
     kafka: KafkaResource,
     postgres: PostgresResource,
     object_store: ObjectStoreResource,
     dagster_instance: dg.DagsterInstance,
-):
-    """Tick the sensor from the topic's current end until it is caught up; returns all run requests."""
-    sensor = make_workflow_request_sensor(
-        [echo_flow],
-        {"echo_flow": EchoSpec()},
-        run_config=echo_run_config,
-        reader_config=replace(FAST, max_records=9),
-        settings=SETTINGS,
-    )
-    resources = {"kafka": kafka, "postgres": postgres, "object_store": object_store}
-    state = {"cursor": end_cursor(kafka, names.TOPIC_REQUESTS)}
+) -> Callable[..., Evaluate]:
+    """A request sensor (echo_flow, given specs and quotas) ticked from the topic's current end."""
 
-    def run(max_ticks: int = 30) -> list[dg.RunRequest]:
-        out: list[dg.RunRequest] = []
-        for _ in range(max_ticks):
-            before = state["cursor"]
-            with dg.build_sensor_context(
-                cursor=before, instance=dagster_instance, resources=resources
-            ) as context:
-                result = sensor(context)
-            assert isinstance(result, dg.SensorResult) and result.cursor is not None
-            requests = list(result.run_requests or [])
-            out.extend(requests)
-            state["cursor"] = result.cursor
-            if not requests and json.loads(result.cursor) == json.loads(before):
-                return out
-        raise AssertionError("the sensor never caught up")
+    def build(specs: dict[str, Any] | None = None, quotas: TenantQuotas | None = None) -> Evaluate:
+        sensor = make_workflow_request_sensor(
+            [echo_flow],
+            specs or {"echo_flow": EchoSpec()},
+            run_config=echo_run_config,
+            reader_config=replace(FAST, max_records=9),
+            settings=SETTINGS,
+            quotas=quotas or TenantQuotas(daily_token_budget=0, tenant_limits={}),
+        )
+        resources = {"kafka": kafka, "postgres": postgres, "object_store": object_store}
+        state = {"cursor": end_cursor(kafka, names.TOPIC_REQUESTS)}
 
-    return run
+        def run(max_ticks: int = 30) -> list[dg.RunRequest]:
+            """Tick until caught up; returns all run requests."""
+            out: list[dg.RunRequest] = []
+            for _ in range(max_ticks):
+                before = state["cursor"]
+                with dg.build_sensor_context(
+                    cursor=before, instance=dagster_instance, resources=resources
+                ) as context:
+                    result = sensor(context)
+                assert isinstance(result, dg.SensorResult) and result.cursor is not None
+                requests = list(result.run_requests or [])
+                out.extend(requests)
+                state["cursor"] = result.cursor
+                if not requests and json.loads(result.cursor) == json.loads(before):
+                    return out
+            raise AssertionError("the sensor never caught up")
+
+        return run
+
+    return build
+
+
+@pytest.fixture()
+def evaluate(sensor_for: Callable[..., Evaluate]) -> Evaluate:
+    return sensor_for()
 
 
 def test_n_events_give_n_run_requests_across_budgeted_ticks(kafka: KafkaResource, evaluate: Any) -> None:
@@ -178,3 +198,103 @@ def test_large_inputs_travel_by_reference(
             sa.text("SELECT inputs FROM workflow_runs WHERE plan_id = :p"), {"p": plan_id}
         ).scalar()
     assert inputs == {"inputs_ref": config["inputs_ref"]}
+
+
+# --- run max runtime --------------------------------------------------------------------------------
+ECHO_SPEC = WorkflowSpec.model_validate(
+    {
+        "name": "echo_flow",
+        "version": "1.2.0",
+        "inputs": [{"name": "question"}, {"name": "detail", "required": False, "default": ""}],
+        "tasks": [
+            {"task_id": "answer", "agent": "a", "timeout_s": 10, "retry": {"max_retries": 2, "delay_s": 1}},
+            {
+                "task_id": "check", "agent": "b", "depends_on": ["answer"], "timeout_s": 20,
+                "retry": {"max_retries": 0}, "fallback_agent": "c",
+            },
+        ],
+    }
+)  # fmt: skip
+
+
+def test_max_runtime_is_the_specs_worst_case_plus_margin() -> None:
+    from dagster._core.storage.tags import MAX_RUNTIME_SECONDS_TAG
+
+    assert MAX_RUNTIME_TAG == MAX_RUNTIME_SECONDS_TAG  # the tag run monitoring reads
+    # answer: 3 attempts x 10 s + waits (1 + 1 jitter) + (3 + 1); check: 1 attempt x (20 s + 20 s fallback)
+    worst = 3 * 10 + 2 + 4 + 40
+    assert run_max_runtime_s(ECHO_SPEC) == worst * 1.25 + 300 == 395
+    longer = ECHO_SPEC.model_copy(deep=True)
+    longer.tasks[0].retry.max_retries = 3  # one more attempt of 10 s and a wait of 7 + 1 s
+    assert run_max_runtime_s(longer) == math.ceil((worst + 10 + 8) * 1.25 + 300) == 418
+
+
+def test_run_requests_carry_the_max_runtime_of_their_spec(
+    kafka: KafkaResource, sensor_for: Callable[..., Evaluate]
+) -> None:
+    """Sensor and direct launch put the same `dagster/max_runtime` (and every other tag) on a run."""
+    event_id = f"rt-{uuid.uuid4().hex[:10]}"
+    evaluate = sensor_for(specs={"echo_flow": ECHO_SPEC})
+    produce(kafka, [(request(event_id), True)])
+    (run,) = evaluate()
+    assert run.tags[MAX_RUNTIME_TAG] == "395"
+    req = WorkflowRequest(event_id=event_id, workflow="echo_flow", inputs={"question": f"q {event_id}"})
+    assert run_tags(req, "1.2.0", TRACEPARENT, ECHO_SPEC) == run.tags
+    assert MAX_RUNTIME_TAG not in run_tags(req, "1.2.0", TRACEPARENT)  # unknown spec: the instance's
+
+
+# --- per-tenant daily token budget --------------------------------------------------------------------
+def _spend(postgres: PostgresResource, plan_id: str, tokens: int) -> None:
+    with postgres.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO llm_calls (plan_id, provider, model, input_tokens, output_tokens, cache_hit) "
+                "VALUES (:p, 'offline', 'm', :i, :o, false), (:p, 'offline', 'm', 1000, 1000, true)"
+            ),
+            {"p": plan_id, "i": tokens // 2, "o": tokens - tokens // 2},
+        )
+
+
+def test_an_over_budget_tenants_new_events_go_to_the_dlq_with_their_bytes(
+    kafka: KafkaResource, postgres: PostgresResource, sensor_for: Callable[..., Evaluate]
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    broke, rich = f"broke_{tag}", f"rich_{tag}"
+    quotas = TenantQuotas(tenant_limits={broke: TenantLimits(daily_token_budget=100)}, usage_cache_s=5)
+    evaluate = sensor_for(quotas=quotas)
+    dlq = end_cursor(kafka, names.TOPIC_REQUESTS_DLQ)
+
+    first = request(f"a-{tag}", tenant=broke)
+    produce(kafka, [(first, True)])
+    assert [r.run_key for r in evaluate()] == [f"a-{tag}"]  # nothing spent yet
+    _spend(postgres, plan_id_for(f"a-{tag}"), 99)
+    produce(kafka, [(request(f"b-{tag}", tenant=broke), True)])
+    assert [r.run_key for r in evaluate()] == [f"b-{tag}"]  # 99 < 100 (cache hits do not count)
+
+    _spend(postgres, plan_id_for(f"b-{tag}"), 1)  # 100 of 100
+    over = request(f"c-{tag}", tenant=broke, inputs={"question": "spent"})
+    produce(kafka, [(over, True), (request(f"r-{tag}", tenant=rich), True), (first, False)])
+    runs = evaluate()
+    # The other tenant runs; a replay of an admitted event is no new work (its run_key drops it).
+    assert sorted(r.run_key for r in runs) == sorted([f"r-{tag}", f"a-{tag}"])
+
+    (letter,) = [
+        DeadLetter.model_validate_json(r.value) for r in read_all(kafka, names.TOPIC_REQUESTS_DLQ, dlq)
+    ]
+    assert letter.reason.startswith(f"token budget exceeded for tenant {broke} (used 100 of 100 today)")
+    assert base64.b64decode(letter.value_b64) == over  # the original bytes, to produce again later
+    assert letter.headers.get("traceparent") == TRACEPARENT
+    assert (letter.source_topic, letter.partition) == (names.TOPIC_REQUESTS, 0)
+    with postgres.engine.connect() as conn:
+        queued = conn.execute(
+            sa.text("SELECT event_id FROM workflow_runs WHERE event_id LIKE :t"), {"t": f"%-{tag}"}
+        ).scalars()
+        audited = conn.execute(
+            sa.text(
+                "SELECT detail FROM audit_log WHERE action = :a AND detail->>'source' = :s "
+                "AND detail->>'reason' LIKE :r"
+            ),
+            {"a": DLQ_ACTION, "s": f"{names.TOPIC_REQUESTS}[0]@{letter.offset}", "r": f"%{broke}%"},
+        ).scalars()
+        assert sorted(queued) == sorted([f"a-{tag}", f"b-{tag}", f"r-{tag}"])  # no row for c
+        assert [d["dlq_topic"] for d in audited] == [names.TOPIC_REQUESTS_DLQ]
