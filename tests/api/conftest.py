@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -43,6 +45,15 @@ class Record:
     key: bytes | None
     value: bytes
     headers: dict[str, bytes]
+
+    def json(self) -> dict[str, Any]:
+        """The value as a JSON object; {} for anything else (the session's topics also hold other
+        tests' deliberately bad events)."""
+        try:
+            data = json.loads(self.value)
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
 
 
 def read_topic(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[Record]:

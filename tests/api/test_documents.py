@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ def test_upload_stores_the_object_and_emits_one_event(
     events = [
         DocumentEvent.model_validate_json(rec.value)
         for rec in read_topic(kafka_bootstrap, names.TOPIC_DOCUMENTS)
-        if json.loads(rec.value).get("collection") == coll
+        if rec.json().get("collection") == coll
     ]
     assert [(e.event_id, e.key, e.action) for e in events] == [(body["event_id"], body["key"], "add")]
 
