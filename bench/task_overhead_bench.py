@@ -57,7 +57,7 @@ def instrument() -> None:
     timed(PostgresResource, "audit", "audit rows")
     timed(TaskOutputStore, "get", "idempotency: task_outputs get")
     timed(TaskOutputStore, "put", "idempotency: task_outputs put")
-    timed(factory, "wait_for_lock", "idempotency: Redis lock acquire")
+    timed(TaskLock, "acquire", "idempotency: Redis lock acquire")
     timed(TaskLock, "release", "idempotency: Redis lock release")
     timed(llm_records.ObservedCallRecorder, "__call__", "records: llm_calls row + evaluation")
     timed(llm_records, "task_llm_totals", "records: task_llm_totals query")
@@ -218,7 +218,8 @@ def main() -> None:
             f"bare {data['wall_per_workflow_s']['bare']} s.",
             "",
             "## Where the platform's time goes (ms per task, wrapped calls; the agent runner row is the "
-            "work both jobs do)",
+            "work both jobs do plus the token-budget query and the llm_calls row; calls that share a "
+            "transaction exclude its commit)",
             "",
             md_table(["component", "ms per task"], comp),
         ]

@@ -2,12 +2,15 @@
 
 # No `from __future__ import annotations`: Dagster inspects the compute functions' annotations at runtime.
 import contextlib
+import functools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
+import pydantic
 import redis as redis_lib
+import sqlalchemy as sa
 
 from agentflow_dagster.agents.roles import AgentRole, get_agent
 from agentflow_dagster.agents.runner import AgentBudgetError, AgentError, AgentRun, run_agent
@@ -59,6 +62,12 @@ def retriever_from(resources: Any, keys: Sequence[str]) -> Retriever | None:
 
     embeddings, vector_store = (getattr(resources, k) for k in keys)
     return RagRetriever(embeddings.embedder, vector_store.store)
+
+
+@functools.cache
+def output_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
+    """A role's output JSON schema, built once per process (pydantic rebuilds it on every call); read-only."""
+    return model.model_json_schema()
 
 
 def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:
@@ -119,18 +128,21 @@ class _TaskExecution:
         history.finish_workflow(self.pg.engine, self.plan_id, "failed", error=f"{self.task_key}: {error}")
         self.audit("workflow.failed", error=error)
 
-    def run_role(self, role: AgentRole, retriever: Retriever | None) -> AgentRun:
-        """Run one agent once, recorded as one `task_runs` row."""
+    def run_role(
+        self, role: AgentRole, retriever: Retriever | None, fallback_used: bool, row: int | None = None
+    ) -> dict[str, Any]:
+        """Run one agent once, recorded as one `task_runs` row (`row`: opened already); returns the result."""
         engine = self.pg.engine
-        row = history.start_task_run(
-            engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt,
-            audit=self.audit_row("task.started", agent=role.name, attempt=self.attempt),
-        )  # fmt: skip
+        if row is None:
+            row = history.start_task_run(
+                engine, self.plan_id, self.task_key, role.name, self.context.run_id, self.attempt,
+                audit=self.audit_row("task.started", agent=role.name, attempt=self.attempt),
+            )  # fmt: skip
         # Each attempt: a `chat` span, a redacted llm_calls row (large content by reference), its evaluation.
         recorder = llm_records.ObservedCallRecorder(
             engine, self.plan_id, self.task_key, self.context.run_id,
             store=self.context.resources.object_store.store, trace_id=self.request.get("trace_id"),
-            schema=role.output.model_json_schema(),
+            schema=output_schema(role.output),
             question=llm_records.question_of(self.inputs, self.retrieval[0] if self.retrieval else None),
             context=getattr(retriever, "context", llm_records.ContextSource()),
         )  # fmt: skip
@@ -157,19 +169,23 @@ class _TaskExecution:
         except Exception as exc:
             history.finish_task_run(engine, row, "failed", error=f"{type(exc).__name__}: {exc}")
             raise
+        result = self.result_of(run, fallback_used)
         u = run.usage
-        history.finish_task_run(
-            engine, row, "succeeded", input_tokens=u.input_tokens, output_tokens=u.output_tokens,
-            cost_usd=u.cost_usd, audit=self.audit_row(
-                "task.succeeded", agent=role.name, attempt=self.attempt, provider=run.provider
-            ),
-        )  # fmt: skip
-        return run
+        # The attempt's row, its audit entry and the stored output: one commit.
+        with engine.begin() as conn:
+            history.finish_task_run(
+                conn, row, "succeeded", input_tokens=u.input_tokens, output_tokens=u.output_tokens,
+                cost_usd=u.cost_usd, audit=self.audit_row(
+                    "task.succeeded", agent=role.name, attempt=self.attempt, provider=run.provider
+                ),
+            )  # fmt: skip
+            self.store.put(self.plan_id, self.task_key, self.digest, run.agent, run.provider, result, conn)
+        return result
 
-    def run_with_fallback(self, retriever: Retriever | None) -> tuple[AgentRun, bool]:
+    def run_with_fallback(self, retriever: Retriever | None, row: int | None = None) -> dict[str, Any]:
         """The primary agent; on its last attempt (or a non-retryable error) the fallback agent instead."""
         try:
-            return self.run_role(get_agent(self.task.agent), retriever), False
+            return self.run_role(get_agent(self.task.agent), retriever, False, row)
         except AgentError as exc:
             give_up = is_last_attempt(self.context.retry_number, self.task.retry) or not exc.retryable
             if not give_up:
@@ -182,7 +198,7 @@ class _TaskExecution:
             )
             self.audit("task.fallback", agent=self.task.fallback_agent, error=str(exc))
         try:
-            return self.run_role(get_agent(self.task.fallback_agent), retriever), True
+            return self.run_role(get_agent(self.task.fallback_agent), retriever, True)
         except AgentError as exc:
             self.fail_workflow(f"fallback failed too: {exc}")
             raise dg.Failure(f"{self.task_key}: fallback failed too: {exc}", allow_retries=False) from exc
@@ -228,43 +244,35 @@ class _TaskExecution:
             )
         return False
 
-    def record_reuse(self) -> None:
-        engine = self.pg.engine
-        row = history.start_task_run(
-            engine, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt
-        )
-        history.finish_task_run(
-            engine,
-            row,
-            "succeeded",
-            reused=True,
-            audit=self.audit_row("task.reused", input_digest=self.digest),
-        )
+    def record_reuse(self, conn: sa.Connection) -> None:
+        history.start_task_run(
+            conn, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt,
+            audit=self.audit_row("task.reused", input_digest=self.digest), reused=True,
+        )  # fmt: skip
 
     def execute(self, retriever: Retriever | None) -> tuple[dict[str, Any], bool]:
         """The task's result and whether it was reused from `task_outputs`."""
-        cached = self.store.get(self.plan_id, self.task_key, self.digest)
-        if cached is not None:
-            self.record_reuse()
-            return cached, True
-        lock = self.acquire_lock()
+        lock = self.lock_or_none()
         try:
-            # The worker that held the lock may have finished this task while we waited.
-            cached = self.store.get(self.plan_id, self.task_key, self.digest)
-            if cached is not None:
-                self.record_reuse()
-                return cached, True
-            run, fallback_used = self.run_with_fallback(retriever)
-            result = self.result_of(run, fallback_used)
-            self.store.put(self.plan_id, self.task_key, self.digest, run.agent, run.provider, result)
-            return result, False
+            # Under the lock (or without Redis): one transaction finds a stored output or opens the attempt.
+            with self.pg.engine.begin() as conn:
+                cached = self.store.get(self.plan_id, self.task_key, self.digest, conn)
+                if cached is not None:
+                    self.record_reuse(conn)
+                    return cached, True
+                row = history.start_task_run(
+                    conn, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt,
+                    audit=self.audit_row("task.started", agent=self.task.agent, attempt=self.attempt),
+                )  # fmt: skip
+            return self.run_with_fallback(retriever, row), False
         finally:
             if lock is not None:
                 with contextlib.suppress(redis_lib.RedisError):
                     lock.release()  # Redis gone meanwhile: the TTL frees the key
 
-    def acquire_lock(self) -> TaskLock | None:
-        """The task's Redis lock; None when Redis is unreachable (the task runs unlocked rather than fail).
+    def lock_or_none(self) -> TaskLock | None:
+        """The task's Redis lock; None when Redis is unreachable (the task runs unlocked rather than fail)
+        or when another worker holds it and the output is stored already (reused without waiting).
 
         The lock only stops two live workers paying for the same call; `task_outputs` (first writer
         wins) keeps the result single, so losing the lock while Redis is down costs at most a duplicate call.
@@ -276,6 +284,10 @@ class _TaskExecution:
             owner=self.context.run_id,
         )
         try:
+            if lock.acquire():
+                return lock
+            if self.store.get(self.plan_id, self.task_key, self.digest) is not None:
+                return None  # reused by `execute` in its transaction, no lock needed
             acquired = wait_for_lock(lock, self.task.timeout_s + 30, owner_dead=self.run_is_over)
         except redis_lib.RedisError as exc:
             self.context.log.warning(f"{self.task_key}: Redis unavailable ({exc}); running without the lock")
@@ -334,7 +346,6 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
             gen_ai__workflow__name=spec.name, agentflow__attempt=execution.attempt,
         ):  # fmt: skip
             result, reused = execution.execute(retriever)
-        tracing.flush()
         usage = result.get("usage", {})
         metadata: dict[str, Any] = {
             "agent": result["agent"],

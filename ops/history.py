@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
+
+
+@contextlib.contextmanager
+def transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A new transaction on an engine, or the caller's own on a connection (several writes, one commit)."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
 
 
 def upsert_workflow_running(engine: sa.Engine, request: dict[str, Any], run_id: str) -> None:
@@ -84,23 +96,37 @@ class AuditRow:
 
 
 def start_task_run(
-    engine: sa.Engine,
+    bind: sa.Engine | sa.Connection,
     plan_id: str,
     task_key: str,
     agent: str,
     run_id: str,
     attempt: int,
     audit: AuditRow | None = None,
+    *,
+    reused: bool = False,
 ) -> int:
-    """Open a `task_runs` row for one attempt (and its audit entry, if given); returns its id."""
-    with engine.begin() as conn:
+    """Open a `task_runs` row for one attempt (and its audit entry, if given); returns its id.
+
+    `reused`: the attempt reused a stored output, so its row is written finished (succeeded) at once.
+    """
+    with transaction(bind) as conn:
         row_id = int(
             conn.execute(
                 sa.text(
-                    "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status) "
-                    "VALUES (:p, :t, :a, :r, :n, 'running') RETURNING id"
+                    "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status, reused, "
+                    "finished_at) VALUES (:p, :t, :a, :r, :n, :s, :reused, "
+                    "CASE WHEN :reused THEN now() END) RETURNING id"
                 ),
-                {"p": plan_id, "t": task_key, "a": agent, "r": run_id, "n": attempt},
+                {
+                    "p": plan_id,
+                    "t": task_key,
+                    "a": agent,
+                    "r": run_id,
+                    "n": attempt,
+                    "s": "succeeded" if reused else "running",
+                    "reused": reused,
+                },
             ).scalar_one()
         )
         if audit is not None:
@@ -109,7 +135,7 @@ def start_task_run(
 
 
 def finish_task_run(
-    engine: sa.Engine,
+    bind: sa.Engine | sa.Connection,
     row_id: int,
     status: str,
     *,
@@ -121,7 +147,7 @@ def finish_task_run(
     audit: AuditRow | None = None,
 ) -> None:
     """Close an attempt's row with its status, error, tokens and cost (and its audit entry, if given)."""
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         if audit is not None:
             audit.insert(conn)
         conn.execute(

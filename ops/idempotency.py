@@ -13,6 +13,7 @@ import redis as redis_lib
 import sqlalchemy as sa
 
 from agentflow_dagster.names import BUCKET_ARTIFACTS
+from ops.history import transaction
 from resources.object_store import ObjectStore
 
 # Outputs above this size go to the object store; the row keeps only the reference.
@@ -34,10 +35,12 @@ class TaskOutputStore:
         self.engine = engine
         self.objects = objects
 
-    def get(self, plan_id: str, task_key: str, digest: str) -> dict[str, Any] | None:
-        """The stored result of this task execution, if one completed before."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
+    def get(
+        self, plan_id: str, task_key: str, digest: str, conn: sa.Connection | None = None
+    ) -> dict[str, Any] | None:
+        """The stored result of this task execution, if one completed before (on `conn` when given)."""
+        with transaction(conn if conn is not None else self.engine) as tx:
+            row = tx.execute(
                 sa.text(
                     "SELECT output, output_ref FROM task_outputs "
                     "WHERE plan_id = :p AND task_id = :t AND input_digest = :d"
@@ -52,9 +55,16 @@ class TaskOutputStore:
         return dict(row.output) if row.output is not None else None
 
     def put(
-        self, plan_id: str, task_key: str, digest: str, agent: str, provider: str, result: dict[str, Any]
+        self,
+        plan_id: str,
+        task_key: str,
+        digest: str,
+        agent: str,
+        provider: str,
+        result: dict[str, Any],
+        conn: sa.Connection | None = None,
     ) -> None:
-        """Store a completed result; the first writer wins (the lock makes a second one rare)."""
+        """Store a completed result (in `conn`'s transaction when given); the first writer wins."""
         blob = json.dumps(result, ensure_ascii=False, default=str)
         output: str | None = blob
         ref: str | None = None
@@ -63,8 +73,8 @@ class TaskOutputStore:
             self.objects.ensure_bucket(BUCKET_ARTIFACTS)
             self.objects.put(BUCKET_ARTIFACTS, ref, blob.encode(), "application/json")
             output = None
-        with self.engine.begin() as conn:
-            conn.execute(
+        with transaction(conn if conn is not None else self.engine) as tx:
+            tx.execute(
                 sa.text(
                     "INSERT INTO task_outputs (plan_id, task_id, input_digest, agent, output, output_ref, "
                     "provider) VALUES (:p, :t, :d, :a, CAST(:o AS jsonb), :r, :pr) ON CONFLICT DO NOTHING"
