@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 RESULTS = BENCH / "results"
@@ -120,6 +122,12 @@ class BenchStack:
         self.pids.append(services.start_kafka(self.data_dir, self.ports["kafka"]).pid)
         stack = Stack(settings)
         stack.prepare()
+        # This home is Dagster's default launcher (the baseline, and `--default-launcher`); the repo's
+        # WarmForkRunLauncher is added back for the platform by e2e_bench.warm_home.
+        home_yaml = self.data_dir / "dagster_home" / "dagster.yaml"
+        instance = yaml.safe_load(home_yaml.read_text())
+        instance.pop("run_launcher", None)
+        home_yaml.write_text(yaml.safe_dump(instance, sort_keys=False))
         self.env = {**stack.process_env(), **(extra_env or {})}
         # This process reads the same instance and settings as the daemons it starts.
         os.environ.update(self.env)

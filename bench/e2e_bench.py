@@ -305,9 +305,9 @@ def main() -> None:
     parser.add_argument("--baseline-executor", default="multiprocess", choices=["in_process", "multiprocess"])
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument(
-        "--warm-launcher",
+        "--default-launcher",
         action="store_true",
-        help="platform daemon uses WarmForkRunLauncher (own DAGSTER_HOME)",
+        help="platform daemon uses Dagster's DefaultRunLauncher instead of the shipped WarmForkRunLauncher",
     )
     parser.add_argument(
         "--max-concurrent-runs",
@@ -355,9 +355,9 @@ def main() -> None:
         )
         baseline = Side("baseline", BASELINE_TOPIC, "bench/event_id", BENCH / "workspace_baseline.yaml")
         env = {"BENCH_EXECUTOR": args.platform_executor} if args.platform_executor != "auto" else {}
-        if args.warm_launcher:
+        if not args.default_launcher:
             env["DAGSTER_HOME"] = str(warm_home(stack))
-        data["platform_launcher"] = "WarmForkRunLauncher" if args.warm_launcher else "DefaultRunLauncher"
+        data["platform_launcher"] = "DefaultRunLauncher" if args.default_launcher else "WarmForkRunLauncher"
         print(f"platform: warm-up, {args.singles} idle singles, burst of {args.events}", flush=True)
         llm.requests.clear()
         data["platform"] = measure(stack, platform, args.events, args.singles, args.tenants, env)

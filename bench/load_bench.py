@@ -1,6 +1,6 @@
 """Sustained load: events at a steady rate for several minutes, then an exact count check.
 
-    python bench/load_bench.py --rate 12 --minutes 5 [--warm-launcher] [--latency 0.2] [--label NAME]
+    python bench/load_bench.py --rate 12 --minutes 5 [--default-launcher] [--latency 0.2] [--label NAME]
 
 The stack of benchmark 1 (`e2e_bench.py`: embedded Postgres, Redis, Tansu, the repo's dagster.yaml,
 one dagster-daemon on the platform code location, a loopback LLM server answering after a fixed
@@ -392,7 +392,9 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="how long events are produced")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per LLM call")
     parser.add_argument("--tenants", type=int, default=4, help="events round-robin over tenants")
-    parser.add_argument("--warm-launcher", action="store_true", help="WarmForkRunLauncher (own DAGSTER_HOME)")
+    parser.add_argument(
+        "--default-launcher", action="store_true", help="DefaultRunLauncher instead of the shipped warm one"
+    )
     parser.add_argument("--drain-timeout", type=float, default=900, help="max seconds to wait for results")
     parser.add_argument("--sample-interval", type=float, default=2.0)
     parser.add_argument("--label", default="", help="suffix of the result files")
@@ -409,7 +411,7 @@ def main() -> None:
         "tenants": args.tenants,
         "label": args.label,
         "workflow": "bench_three_step",
-        "launcher": "WarmForkRunLauncher" if args.warm_launcher else "DefaultRunLauncher",
+        "launcher": "DefaultRunLauncher" if args.default_launcher else "WarmForkRunLauncher",
         "sample_interval_s": args.sample_interval,
     }
     tmp = Path(tempfile.mkdtemp(prefix="agentflow-load-"))
@@ -421,7 +423,7 @@ def main() -> None:
     sampler: ResourceSampler | None = None
     try:
         stack.start({"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench-key"})
-        env = {"DAGSTER_HOME": str(warm_home(stack))} if args.warm_launcher else {}
+        env = {} if args.default_launcher else {"DAGSTER_HOME": str(warm_home(stack))}
         instance = DagsterInstance.get()
         producer = KafkaProducer(bootstrap_servers=stack.kafka, acks="all", linger_ms=5)
         daemon = stack.start_daemon(side.workspace, "daemon_load", env)

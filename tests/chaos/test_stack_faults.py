@@ -84,11 +84,20 @@ def worker_calling(port: int) -> psutil.Process:
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error):
             if any(c.raddr and c.raddr.port == port for c in proc.net_connections(kind="tcp")):
-                assert "spawn_main" in " ".join(proc.cmdline())
+                cmd = " ".join(proc.cmdline())
+                # Warm launcher, in-process executor: the caller is the run worker forked from the
+                # forkserver (it shows the forkserver's command line; the forkserver itself never calls).
+                if "multiprocessing.forkserver" in cmd:
+                    return proc
+                assert "spawn_main" in cmd, cmd
                 parent = proc.parent()
-                # Multiprocess executor: the caller is a step process whose parent is the run worker.
-                # In-process executor: the caller is the run worker (its parent is the code server).
-                if parent is not None and "spawn_main" in " ".join(parent.cmdline()):
+                parent_cmd = " ".join(parent.cmdline()) if parent is not None else ""
+                # Multiprocess executor: the caller is a step process whose parent is the run worker
+                # (spawned by the code server, or forked from the warm launcher's forkserver).
+                # In-process executor, default launcher: the caller is the run worker.
+                if parent is not None and (
+                    "spawn_main" in parent_cmd or "multiprocessing.forkserver" in parent_cmd
+                ):
                     return parent
                 return proc
     raise AssertionError(f"no process is connected to the LLM server on port {port}")
