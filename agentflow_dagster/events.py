@@ -12,6 +12,8 @@ _PLAN_NS = uuid.UUID("6f1c5a52-8d0e-4c2b-9a7e-2f3c4b5d6e7f")
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+# Workflow statuses after which nothing more happens to a plan.
+FINISHED_STATUSES = ("succeeded", "failed", "canceled", "rejected")
 
 
 def plan_id_for(event_id: str) -> str:
@@ -75,3 +77,18 @@ class DeadLetter(BaseModel):
     value_b64: str
     headers: dict[str, str] = Field(default_factory=dict)
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class ApprovalDecision(BaseModel):
+    """An `agentflow.workflow.approvals` event: one human decision about one waiting task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str = Field(pattern=ID_PATTERN)
+    plan_id: str
+    task_id: str
+    decision: Literal["approve", "reject"]
+    comment: str = ""
+    tenant: str
+    actor: str = Field(description="who decided: key:<api key prefix>")
+    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

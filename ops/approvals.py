@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 
+from agentflow_dagster.events import FINISHED_STATUSES
 from agentflow_dagster.workflows.spec import ApprovalSpec
 from ops.history import AuditRow
 
 GateStatus = Literal["waiting", "approved", "rejected"]
 DecisionOutcome = Literal["resumes", "recorded", "duplicate", "already_decided", "plan_finished"]
-FINISHED = ("succeeded", "failed", "canceled", "rejected")
 TIMEOUT_ACTOR = "agentflow.approvals.timeout"
 # What the run-status sensor publishes for a run that stopped at a gate, by the gate's state.
 RUN_WAITING, RUN_REJECTED = "waiting_approval", "rejected"
@@ -119,7 +119,7 @@ def enter_gate(
                     "UPDATE workflow_runs SET status = 'waiting_approval', updated_at = now() "
                     "WHERE plan_id = :p AND status NOT IN :finished"
                 ).bindparams(sa.bindparam("finished", expanding=True)),
-                {"p": plan_id, "finished": list(FINISHED)},
+                {"p": plan_id, "finished": list(FINISHED_STATUSES)},
             )
             _task_row(conn, plan_id, task_id, agent, run_id, "waiting_approval", None)
             _audit(
@@ -206,7 +206,7 @@ def record_decision(engine: sa.Engine, d: Decision, sensor: str) -> DecisionOutc
             sa.text("SELECT status FROM workflow_runs WHERE plan_id = :p"), {"p": d.plan_id}
         ).scalar()
         outcome: DecisionOutcome
-        if plan_status in FINISHED:
+        if plan_status in FINISHED_STATUSES:
             outcome = "plan_finished"
         else:
             decision = {

@@ -2,17 +2,15 @@
 
 # No `from __future__ import annotations`: Dagster inspects the compute functions' annotations at runtime.
 import contextlib
-import functools
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dagster as dg
-import pydantic
 import redis as redis_lib
 import sqlalchemy as sa
 
-from agentflow_dagster.agents.roles import AgentRole, get_agent
+from agentflow_dagster.agents.roles import AgentRole, get_agent, output_schema
 from agentflow_dagster.agents.runner import AgentBudgetError, AgentError, AgentRun, run_agent
 from agentflow_dagster.agents.tools import Retriever
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
@@ -62,12 +60,6 @@ def retriever_from(resources: Any, keys: Sequence[str]) -> Retriever | None:
 
     embeddings, vector_store = (getattr(resources, k) for k in keys)
     return RagRetriever(embeddings.embedder, vector_store.store)
-
-
-@functools.cache
-def output_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
-    """A role's output JSON schema, built once per process (pydantic rebuilds it on every call); read-only."""
-    return model.model_json_schema()
 
 
 def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:

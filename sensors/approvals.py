@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.tags import RUN_KEY_TAG
-from kafka import KafkaProducer
 from pydantic import ValidationError
 
 from agentflow_dagster import names
-from agentflow_dagster.events import WorkflowRequest
+from agentflow_dagster.events import ApprovalDecision, WorkflowRequest
 from agentflow_dagster.settings import Settings, get_settings
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from ops import approvals
@@ -53,10 +52,6 @@ class ApprovalIntake:
     outcomes: dict[str, int] = field(default_factory=dict)
 
     def handle(self, record: KafkaRecord) -> None:
-        # Imported here: the api package loads the FastAPI app, which run workers (they import this
-        # module with the code location) never need.
-        from agentflow_dagster.api.schemas import ApprovalDecision
-
         if len(record.value) > self.settings.max_event_bytes:
             raise BadRecord(
                 f"oversized: {len(record.value)} bytes > max_event_bytes {self.settings.max_event_bytes}"
@@ -182,16 +177,6 @@ def resume_requests(
     return out
 
 
-def _dlq_producer(kafka: KafkaResource) -> Callable[[], KafkaProducer]:
-    """A producer for the approvals DLQ, creating that topic first (only when a bad event shows up)."""
-
-    def make() -> KafkaProducer:
-        kafka.ensure_topics([DLQ_TOPIC], partitions=max(1, len(kafka.partitions_for(names.TOPIC_APPROVALS))))
-        return kafka.producer()
-
-    return make
-
-
 def make_approval_sensor(
     jobs: Sequence[dg.JobDefinition],
     specs: Mapping[str, WorkflowSpec],
@@ -222,7 +207,7 @@ def make_approval_sensor(
     ) -> dg.SensorResult:
         intake = ApprovalIntake(known_specs, postgres, settings or get_settings(), actor=name)
         reader = KafkaTopicReader(
-            names.TOPIC_APPROVALS, kafka.consumer, _dlq_producer(kafka), context.log, reader_cfg,
+            names.TOPIC_APPROVALS, kafka.consumer, kafka.producer, context.log, reader_cfg,
             dlq_topic=DLQ_TOPIC, on_dead_letter=intake.record_dead_letter,
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)

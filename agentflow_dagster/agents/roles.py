@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel
@@ -23,6 +25,12 @@ HUMAN_TEMPLATE = (
     "Retrieved documents:\n{retrieved}\n\n"
     "Respond with one JSON object that validates against this JSON schema:\n{schema}"
 )
+
+
+@functools.cache
+def output_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """A role's output JSON schema, built once per process (pydantic rebuilds it on every call); read-only."""
+    return model.model_json_schema()
 
 
 @dataclass(frozen=True)

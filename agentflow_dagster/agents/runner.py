@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from agentflow_dagster.agents.roles import AgentRole
+from agentflow_dagster.agents.roles import AgentRole, output_schema
 from agentflow_dagster.agents.tools import RETRIEVAL, RetrievalResult, Retriever, retrieve
 from agentflow_dagster.llm.offline import _strings
 from agentflow_dagster.llm.types import (
@@ -113,7 +113,7 @@ def build_messages(
     rendered = role.prompt.format_messages(
         inputs=json.dumps(inputs, indent=2, ensure_ascii=False, default=str),
         retrieved=render_untrusted(retrieval),
-        schema=json.dumps(role.output.model_json_schema()),
+        schema=json.dumps(output_schema(role.output)),
     )
     return [{"role": _MESSAGE_ROLES.get(m.type, "user"), "content": str(m.content)} for m in rendered]
 
@@ -180,7 +180,7 @@ def run_agent(
         retrieval = retrieve(retriever, query, collection, k)
     messages = build_messages(role, inputs, retrieval)
     system_message = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
-    schema = role.output.model_json_schema()
+    schema = output_schema(role.output)
     grounding = {"inputs": inputs, "retrieved": [h.model_dump() for h in retrieval.hits] if retrieval else []}
     completion_cap = max_output_tokens or role.max_output_tokens
     usage = Usage()

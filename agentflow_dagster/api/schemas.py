@@ -1,13 +1,13 @@
-"""Request and response bodies of the gateway, and the approval event it publishes."""
+"""Request and response bodies of the gateway (its approval event is `events.ApprovalDecision`)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentflow_dagster.events import ID_PATTERN, NAME_PATTERN
+from agentflow_dagster.events import FINISHED_STATUSES, NAME_PATTERN
 
 PLAN_ID_PATTERN = r"^plan-[0-9a-f]{20}$"
 TASK_KEY_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
@@ -15,7 +15,7 @@ TASK_KEY_PATTERN = r"^[a-z][a-z0-9_]{0,127}$"
 WorkflowStatus = Literal[
     "submitted", "queued", "running", "waiting_approval", "succeeded", "failed", "canceled", "rejected"
 ]
-TERMINAL = frozenset({"succeeded", "failed", "canceled", "rejected"})
+TERMINAL = frozenset(FINISHED_STATUSES)
 
 
 class Error(BaseModel):
@@ -109,21 +109,6 @@ class ApprovalRequest(BaseModel):
     task_id: str = Field(pattern=TASK_KEY_PATTERN)
     decision: Literal["approve", "reject"]
     comment: str = Field(default="", max_length=4000)
-
-
-class ApprovalDecision(BaseModel):
-    """An `agentflow.workflow.approvals` event: one human decision about one waiting task."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    event_id: str = Field(pattern=ID_PATTERN)
-    plan_id: str
-    task_id: str
-    decision: Literal["approve", "reject"]
-    comment: str = ""
-    tenant: str
-    actor: str = Field(description="who decided: key:<api key prefix>")
-    decided_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class ApprovalAccepted(BaseModel):

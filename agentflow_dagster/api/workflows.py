@@ -24,7 +24,6 @@ from agentflow_dagster.api.schemas import (
     PLAN_ID_PATTERN,
     TERMINAL,
     ApprovalAccepted,
-    ApprovalDecision,
     ApprovalRequest,
     Attempt,
     Error,
@@ -34,7 +33,7 @@ from agentflow_dagster.api.schemas import (
     Tokens,
     WorkflowState,
 )
-from agentflow_dagster.events import WorkflowRequest, plan_id_for
+from agentflow_dagster.events import ApprovalDecision, WorkflowRequest, plan_id_for
 from agentflow_dagster.observability import tracing
 from agentflow_dagster.workflows.spec import InputError
 from sensors.workflow_requests import inputs_key, trace_id_from

@@ -15,11 +15,10 @@ import click
 import sqlalchemy as sa
 
 from agentflow_dagster import names
+from agentflow_dagster.events import FINISHED_STATUSES, ApprovalDecision
 from agentflow_dagster.observability import tracing
 from agentflow_dagster.resources_env import build_resources
 from agentflow_dagster.settings import get_settings
-
-FINISHED = ("succeeded", "failed", "canceled", "rejected")
 
 
 def _plan(engine: sa.Engine, plan_id: str) -> dict[str, Any]:
@@ -59,8 +58,6 @@ def _check_task(workflow: str, task_id: str) -> None:
 @click.option("--actor", default=None, help="who decides (default: cli:<login name>)")
 def approve(plan_id: str, task_id: str, reject: bool, comment: str, actor: str | None) -> None:
     """Approve (or --reject) TASK_ID of the waiting workflow PLAN_ID."""
-    from agentflow_dagster.api.schemas import ApprovalDecision
-
     if len(comment) > 4000:
         raise click.BadParameter("at most 4000 characters", param_hint="--comment")
     resources = build_resources(get_settings())
@@ -69,7 +66,7 @@ def approve(plan_id: str, task_id: str, reject: bool, comment: str, actor: str |
         plan = _plan(postgres.engine, plan_id)
     except sa.exc.OperationalError as exc:
         raise click.ClickException(f"Postgres unreachable: {exc.orig} (see `agentflow status`)") from exc
-    if plan["status"] in FINISHED:
+    if plan["status"] in FINISHED_STATUSES:
         raise click.ClickException(f"plan {plan_id} has finished ({plan['status']}); nothing to approve")
     _check_task(plan["workflow"], task_id)
     decision = ApprovalDecision(

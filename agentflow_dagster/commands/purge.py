@@ -9,6 +9,8 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
+from agentflow_dagster.events import FINISHED_STATUSES
+
 # Child tables first; workflow_runs last, so a purge stopped halfway leaves no orphan rows behind.
 HISTORY_TABLES = (
     "task_runs",
@@ -20,7 +22,6 @@ HISTORY_TABLES = (
     "approval_events",
     "workflow_runs",
 )
-TERMINAL = ("succeeded", "failed", "canceled", "rejected")
 BATCH = 500
 
 
@@ -58,7 +59,7 @@ def purge_history(
 ) -> dict[str, int]:
     """Delete history rows of plans that finished before `cutoff`; the audit log only with include_audit."""
     plans = "SELECT plan_id FROM workflow_runs WHERE status IN :terminal AND finished_at < :cutoff"
-    params: dict[str, Any] = {"terminal": TERMINAL, "cutoff": cutoff}
+    params: dict[str, Any] = {"terminal": FINISHED_STATUSES, "cutoff": cutoff}
     counts: dict[str, int] = {}
     stmt = sa.text(plans).bindparams(sa.bindparam("terminal", expanding=True))
     with engine.begin() as conn:

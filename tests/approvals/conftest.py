@@ -17,8 +17,7 @@ import yaml
 from dagster._core.storage.tags import RUN_KEY_TAG
 
 from agentflow_dagster import names
-from agentflow_dagster.api.schemas import ApprovalDecision
-from agentflow_dagster.events import WorkflowResult
+from agentflow_dagster.events import ApprovalDecision, WorkflowResult
 from agentflow_dagster.workflows.loader import load_spec_file, load_specs
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from ops.compiler import build_workflow_jobs
