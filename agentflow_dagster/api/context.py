@@ -136,6 +136,7 @@ class ApiContext:
             repository=self.config.dagster_repository,
             redis=self.redis,
             timeout_s=self.config.kafka_timeout_s * 3,
+            specs=self.specs,
         )
 
     def warm_up(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,7 +14,6 @@ from dagster_graphql import DagsterGraphQLClient
 from agentflow_dagster import names
 from agentflow_dagster.api.context import Unavailable
 from agentflow_dagster.events import WorkflowRequest
-from agentflow_dagster.workflows.loader import load_specs
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from sensors.workflow_requests import (
     TAG_PRIORITY,
@@ -38,12 +36,6 @@ query RunsByEvent($tags: [ExecutionTag!]) {
 
 class DirectLaunchError(Unavailable):
     """The webserver refused or could not be reached; the message says which and why."""
-
-
-@functools.cache
-def shipped_specs() -> dict[str, WorkflowSpec]:
-    """The specs the code location loads (read once per process)."""
-    return load_specs()
 
 
 def run_tags(
@@ -82,7 +74,8 @@ class DirectLauncher:
         self.repository = repository
         self.redis = redis
         self.timeout_s = timeout_s
-        self._specs = specs
+        # The callers' loaded specs (API context, CLI): each run's max runtime comes from its spec.
+        self._specs = dict(specs or {})
         self.client = DagsterGraphQLClient(
             parts.hostname or "127.0.0.1",
             port_number=parts.port,
@@ -93,7 +86,7 @@ class DirectLauncher:
 
     def spec_for(self, workflow: str, version: str) -> WorkflowSpec | None:
         """The spec a run of `workflow` at `version` executes, for its max runtime (None: not known here)."""
-        spec = (self._specs if self._specs is not None else shipped_specs()).get(workflow)
+        spec = self._specs.get(workflow)
         return spec if spec is not None and spec.version == version else None
 
     def find_run(self, event_id: str) -> str | None:

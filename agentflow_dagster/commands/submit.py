@@ -135,7 +135,9 @@ def launch_direct(
     settings = get_settings()
     resources = build_resources(settings)
     req = _by_reference(req, settings, resources)
-    launcher = DirectLauncher(dagster_url, location=location, redis=_redis_or_none(resources))
+    launcher = DirectLauncher(
+        dagster_url, location=location, redis=_redis_or_none(resources), specs={spec.name: spec}
+    )
     tracing.setup_tracing("agentflow-cli")
     with tracing.span(f"launch {req.workflow}", attributes={"agentflow.plan_id": req.plan_id}):
         traceparent = tracing.inject_traceparent() or f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"

@@ -21,8 +21,10 @@ from agentflow_dagster import names
 from agentflow_dagster.commands.submit import submit
 from agentflow_dagster.db import make_engine
 from agentflow_dagster.events import plan_id_for
+from agentflow_dagster.limits import MAX_RUNTIME_TAG, run_max_runtime_s
 from agentflow_dagster.settings import Settings, get_settings
 from agentflow_dagster.stack.services import free_port
+from agentflow_dagster.workflows.loader import load_specs
 from resources.kafka import KafkaResource
 from resources.object_store import LocalObjectStore, ObjectStoreResource
 from resources.postgres import PostgresResource
@@ -86,6 +88,8 @@ def test_same_event_twice_launches_one_run_with_the_sensors_config(
     assert run["jobName"] == "support_triage"
     assert tags[names.TAG_PLAN_ID] == one["plan_id"] and tags[names.TAG_EVENT_ID] == event_id
     assert tags[names.TAG_TENANT] == "acme" and tags[names.TAG_TRACE_ID] == one["trace_id"]
+    # The run is bounded by its spec's worst case, as on the Kafka path.
+    assert tags[MAX_RUNTIME_TAG] == str(run_max_runtime_s(load_specs()["support_triage"]))
     config = yaml.safe_load(run["runConfigYaml"])["ops"]["request"]["config"]
     assert config["inputs"] == {"message": "refund please"} and config["inputs_ref"] is None
     assert [config[k] for k in ("workflow", "version", "event_id")] == ["support_triage", "1.0.0", event_id]
