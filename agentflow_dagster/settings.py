@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Input + output tokens one workflow instance (plan) may spend across all its tasks, retries and
     # re-executions; 0 = no cap. Checked before every LLM call (ops/budget.py).
     max_tokens_per_workflow: int = Field(default=200_000, ge=0)
+    # How often the sensor daemon looks for due sensors (Dagster's own loop is fixed at 5 s); the
+    # request sensor's minimum interval (1 s) still spaces its ticks. See agentflow_dagster/instance.
+    sensor_loop_seconds: float = Field(default=0.5, gt=0, le=5)
 
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AGENTFLOW_OPENAI_BASE_URL")

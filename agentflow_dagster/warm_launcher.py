@@ -5,11 +5,20 @@ worker waits until that interpreter has imported the code location (seconds on a
 Here a `multiprocessing` forkserver imports `preload_modules` once; each run still gets its own
 process (forked from it, so a crash or leak stays in that run), executed by the same code path as
 `dagster api execute_run`. Run monitoring checks the worker's pid; terminate cancels like the default.
-Opt-in (see docs/performance.md): a code change needs a daemon restart to reach new run workers.
+
+`standby_workers` processes are forked ahead of time: each has already opened its Dagster instance
+(storage connections) and loaded the repository, and waits on a pipe for one run id. A launch hands
+the run to a standby when one is ready (and forks a replacement in the background), else forks a
+worker as before. A standby serves exactly one run, then exits like any run worker; it exits without
+running anything when the launcher is disposed or its process dies (the pipe closes). Standbys are
+started by the first launch (only the process that launches runs, the daemon, ever has any).
+The shipped default (dagster.yaml); a code change needs a daemon restart to reach new run workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -22,6 +31,7 @@ from dagster._core.launcher.base import CheckRunHealthResult, LaunchRunContext, 
 from dagster._serdes import ConfigurableClass, ConfigurableClassData, deserialize_value, serialize_value
 
 PID_TAG = "agentflow/worker_pid"
+_log = logging.getLogger(__name__)
 
 
 def _run_worker(run_id: str, instance_ref_json: str) -> None:
@@ -35,15 +45,55 @@ def _run_worker(run_id: str, instance_ref_json: str) -> None:
         _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
 
 
+def _standby_worker(conn: Any, instance_ref_json: str, preload_modules: Sequence[str]) -> None:
+    """A run worker started before its run: instance open, repositories loaded, then one run id."""
+    import importlib
+
+    from dagster._cli.api import _execute_run_command_body
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._utils.interrupts import capture_interrupts
+
+    ref = deserialize_value(instance_ref_json, InstanceRef)
+    with capture_interrupts(), dg.DagsterInstance.from_ref(ref) as instance:
+        # Warm what every run needs: a pooled storage connection, and each preloaded module's
+        # repository definition (Definitions resolve lazily, once per process).
+        instance.get_runs_count()
+        for name in preload_modules:
+            defs = getattr(importlib.import_module(name), "defs", None)
+            if isinstance(defs, dg.Definitions):
+                defs.get_repository_def()
+        conn.send("ready")
+        try:
+            run_id = conn.recv()
+        except (EOFError, OSError):
+            return  # the launcher's process is gone: nothing was handed over
+        finally:
+            conn.close()
+        if run_id:
+            _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
+
+
 class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
     """Runs each run in its own process, forked from a forkserver that preloaded the code location."""
 
-    def __init__(self, preload_modules: Sequence[str] = (), inst_data: ConfigurableClassData | None = None):
+    def __init__(
+        self,
+        preload_modules: Sequence[str] = (),
+        inst_data: ConfigurableClassData | None = None,
+        standby_workers: int = 0,
+    ):
+        if standby_workers < 0:
+            raise ValueError(f"WarmForkRunLauncher: standby_workers must be >= 0, got {standby_workers}")
         self._inst_data = inst_data
         self.preload_modules = list(preload_modules)
+        self.standby_workers = standby_workers
         self._ctx: Any = None
         self._lock = threading.Lock()
         self._workers: dict[str, Any] = {}
+        # (process, launcher end of its pipe), oldest first; only ready ones are handed runs.
+        self._standby: list[tuple[Any, Any]] = []
+        self._refilling = False
+        self._disposed = False
         super().__init__()
 
     @property
@@ -52,13 +102,20 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
 
     @classmethod
     def config_type(cls) -> dict[str, Any]:
-        return {"preload_modules": dg.Field([str], is_required=False, default_value=[])}
+        return {
+            "preload_modules": dg.Field([str], is_required=False, default_value=[]),
+            "standby_workers": dg.Field(int, is_required=False, default_value=0),
+        }
 
     @classmethod
     def from_config_value(
         cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
     ) -> WarmForkRunLauncher:
-        return cls(preload_modules=config_value.get("preload_modules", []), inst_data=inst_data)
+        return cls(
+            preload_modules=config_value.get("preload_modules", []),
+            inst_data=inst_data,
+            standby_workers=config_value.get("standby_workers", 0),
+        )
 
     def _context(self) -> Any:
         with self._lock:
@@ -71,13 +128,82 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         run = context.dagster_run
-        ref = serialize_value(self._instance.get_ref())
-        process = self._context().Process(target=_run_worker, args=(run.run_id, ref), daemon=False)
-        process.start()
+        process = self._hand_to_standby(run.run_id)
+        if process is None:
+            ref = serialize_value(self._instance.get_ref())
+            process = self._context().Process(target=_run_worker, args=(run.run_id, ref), daemon=False)
+            process.start()
+            self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid)})
         with self._lock:
             self._workers = {k: p for k, p in self._workers.items() if p.is_alive()}
             self._workers[run.run_id] = process
-        self._instance.add_run_tags(run.run_id, {PID_TAG: str(process.pid)})
+        self._refill()
+
+    def _hand_to_standby(self, run_id: str) -> Any:
+        """The standby process now running `run_id` (pid tagged first), or None when none is ready."""
+        while True:
+            with self._lock:
+                ready = next((s for s in self._standby if s[1].poll()), None)
+                if ready is None:
+                    return None
+                self._standby.remove(ready)
+            process, conn = ready
+            try:
+                if conn.recv() != "ready" or not process.is_alive():
+                    raise EOFError("standby not ready")
+                # Tag before handing over: run monitoring must never see a running run without its pid.
+                self._instance.add_run_tags(run_id, {PID_TAG: str(process.pid)})
+                conn.send(run_id)
+                return process
+            except (EOFError, OSError) as exc:
+                _log.warning("standby run worker pid %s unusable (%s); trying the next", process.pid, exc)
+                if process.is_alive():
+                    # It may have died after the tag was written: the next worker's tag replaces it.
+                    process.kill()
+            finally:
+                conn.close()
+
+    def _refill(self) -> None:
+        """Fork standbys up to `standby_workers` in a background thread (one refill at a time)."""
+        with self._lock:
+            if self._disposed or self._refilling or self.standby_workers == 0 or not self.has_instance:
+                return
+            self._refilling = True
+        threading.Thread(target=self._refill_body, name="warm-launcher-standby", daemon=True).start()
+
+    def _refill_body(self) -> None:
+        try:
+            ref = serialize_value(self._instance.get_ref())
+            while True:
+                with self._lock:
+                    self._standby = [s for s in self._standby if s[0].is_alive()]
+                    if self._disposed or len(self._standby) >= self.standby_workers:
+                        return
+                ctx = self._context()
+                ours, theirs = ctx.Pipe()
+                process = ctx.Process(
+                    target=_standby_worker, args=(theirs, ref, self.preload_modules), daemon=False
+                )
+                process.start()
+                theirs.close()
+                with self._lock:
+                    self._standby.append((process, ours))
+        except Exception:  # a failed refill only means cold launches; never the daemon's problem
+            _log.exception("could not start standby run workers; launches fork on demand")
+        finally:
+            with self._lock:
+                self._refilling = False
+
+    def dispose(self) -> None:
+        """Standbys that never got a run exit (their pipe closes); running workers are not touched."""
+        with self._lock:
+            self._disposed = True
+            standby, self._standby = self._standby, []
+        for process, conn in standby:
+            with contextlib.suppress(OSError):
+                conn.send(None)
+            conn.close()
+            process.join(timeout=5)
 
     @staticmethod
     def _pid_of(run: dg.DagsterRun) -> int | None:

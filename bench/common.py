@@ -53,13 +53,15 @@ def _round(value: float | None) -> float | None:
 
 
 def machine() -> dict[str, Any]:
-    """What the figures were taken on (the machine is shared with other work)."""
+    """What the figures were taken on; the load average says how busy the machine was at the start."""
     load = os.getloadavg()
     return {
         "host": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
         "at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "loadavg_at_start": [round(x, 2) for x in load],
-        "note": "shared 2-core machine: other sessions ran tests at the same time",
+        "note": (
+            "quiet machine at the start" if load[0] < 1.5 else "busy machine: other work ran at the start"
+        ),
     }
 
 
@@ -122,17 +124,39 @@ class BenchStack:
         self.pids.append(services.start_kafka(self.data_dir, self.ports["kafka"]).pid)
         stack = Stack(settings)
         stack.prepare()
-        # This home is Dagster's default launcher (the baseline, and `--default-launcher`); the repo's
-        # WarmForkRunLauncher is added back for the platform by e2e_bench.warm_home.
+        # Two homes on the same storage: `dagster_home` is the repo's dagster.yaml (the platform), and
+        # `dagster_home_stock` the same settings on stock Dagster classes (the baseline).
         home_yaml = self.data_dir / "dagster_home" / "dagster.yaml"
-        instance = yaml.safe_load(home_yaml.read_text())
-        instance.pop("run_launcher", None)
-        home_yaml.write_text(yaml.safe_dump(instance, sort_keys=False))
-        self.env = {**stack.process_env(), **(extra_env or {})}
+        self.platform_instance = yaml.safe_load(home_yaml.read_text())
+        self.stock_home = self.data_dir / "dagster_home_stock"
+        self.stock_home.mkdir(parents=True, exist_ok=True)
+        self.write_homes()
+        self.env = {**stack.process_env(), **(extra_env or {}), "DAGSTER_HOME": str(self.stock_home)}
         # This process reads the same instance and settings as the daemons it starts.
         os.environ.update(self.env)
         get_settings.cache_clear()
         return self
+
+    @property
+    def platform_home(self) -> Path:
+        return self.data_dir / "dagster_home"
+
+    def write_homes(
+        self, default_launcher: bool = False, max_concurrent_runs: int = 0, tenant_limit: int = 0
+    ) -> None:
+        """Write both instance files from the repo's settings; the overrides apply to both sides."""
+        platform = json.loads(json.dumps(self.platform_instance))
+        queue = platform["run_coordinator"]["config"]
+        if max_concurrent_runs:
+            queue["max_concurrent_runs"] = max_concurrent_runs
+        if tenant_limit:
+            (limit,) = [t for t in queue["tag_concurrency_limits"] if t["key"] == "agentflow/tenant"]
+            limit["limit"] = tenant_limit
+        if default_launcher:
+            platform.pop("run_launcher", None)
+        (self.platform_home / "dagster.yaml").write_text(yaml.safe_dump(platform, sort_keys=False))
+        stock = yaml.safe_dump(stock_instance(platform), sort_keys=False)
+        (self.stock_home / "dagster.yaml").write_text(stock)
 
     @property
     def pg_url(self) -> str:
@@ -146,14 +170,23 @@ class BenchStack:
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.ports['redis']}/0"
 
-    def start_daemon(self, workspace: Path, log_name: str, env: dict[str, str] | None = None) -> int:
-        """`dagster-daemon run -w workspace`, its own session; returns the pid (stop with stop_daemon)."""
-        exe = shutil.which("dagster-daemon", path=str(Path(sys.executable).parent)) or "dagster-daemon"
+    def start_daemon(
+        self, workspace: Path, log_name: str, env: dict[str, str] | None = None, *, platform: bool = False
+    ) -> int:
+        """The daemon of one side, its own session; returns the pid (stop with stop_daemon).
+
+        platform: the platform's daemon entry point and instance (`agentflow up` starts the same);
+        else stock `dagster-daemon` on the stock instance."""
+        if platform:
+            cmd = [sys.executable, "-m", "agentflow_dagster.instance.daemon"]
+            env = {"DAGSTER_HOME": str(self.platform_home), **(env or {})}
+        else:
+            cmd = [shutil.which("dagster-daemon", path=str(Path(sys.executable).parent)) or "dagster-daemon"]
         log = self.data_dir / "logs" / f"{log_name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
             proc = subprocess.Popen(
-                [exe, "run", "-w", str(workspace)],
+                [*cmd, "run", "-w", str(workspace)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**self.env, **(env or {})},
@@ -174,6 +207,19 @@ class BenchStack:
             if services.pid_alive(pid):
                 services.stop_pid(pid)
         self.pids.clear()
+
+
+def stock_instance(platform: dict[str, Any]) -> dict[str, Any]:
+    """The platform's instance settings on stock Dagster: Postgres storage without a pool, the stock
+    queued coordinator (same limits; whole-second dequeue loop), Dagster's default run launcher."""
+    stock = json.loads(json.dumps(platform))
+    url = stock["storage"]["custom"]["config"]["postgres_url"]
+    stock["storage"] = {"postgres": {"postgres_url": url}}
+    queue = stock["run_coordinator"]
+    queue["module"], queue["class"] = "dagster.core.run_coordinator", "QueuedRunCoordinator"
+    queue["config"].pop("dequeue_interval_ms", None)
+    stock.pop("run_launcher", None)
+    return stock
 
 
 def wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:

@@ -2,8 +2,10 @@
 
     python bench/e2e_bench.py --events 30 [--latency 0.2] [--label NAME] [--platform-executor auto]
 
-One throwaway stack (embedded Postgres, Redis, Tansu; repo dagster.yaml) and a loopback LLM server
-answering every call after a fixed latency. Each side gets its own dagster-daemon (and code server):
+One throwaway stack (embedded Postgres, Redis, Tansu) and a loopback LLM server answering every call
+after a fixed latency. The platform runs on the repo's dagster.yaml with its daemon entry point; the
+baseline on the same settings with stock Dagster classes (Postgres storage, queued coordinator,
+default launcher) and stock `dagster-daemon`. Each side gets its own daemon (and code server):
 a warm-up event, single events on an idle system, then a burst. Timestamps come from the Dagster
 instance (RUN_ENQUEUED, first STEP_START of a task, RUN_SUCCESS) against each event's submitted_at.
 Also checks the guarantees: one run per event, every run succeeded, three LLM calls per workflow.
@@ -128,7 +130,7 @@ def measure(
 
     instance = DagsterInstance.get()
     producer = KafkaProducer(bootstrap_servers=stack.kafka, acks="all", linger_ms=5)
-    pid = stack.start_daemon(side.workspace, f"daemon_{side.name}", env)
+    pid = stack.start_daemon(side.workspace, f"daemon_{side.name}", env, platform=side.name == "platform")
     prefix = f"{side.name}-{uuid.uuid4().hex[:8]}"
     try:
         started = time.monotonic()
@@ -199,8 +201,9 @@ def report(data: dict[str, Any], label: str) -> str:
         "",
         f"Burst of {data['events']} events, 3 LLM tasks per workflow, LLM latency {data['latency_s']} s "
         f"per call; platform executor `{data['platform_executor']}`, launcher "
-        f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml, max_concurrent_runs "
-        f"{data.get('max_concurrent_runs', 4)}, {data['tenants']} tenants (2 runs each at most).",
+        f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml (baseline: the same settings on "
+        f"stock Dagster classes), max_concurrent_runs {data.get('max_concurrent_runs', 4)}, "
+        f"{data['tenants']} tenants ({data.get('tenant_limit', 2)} runs each at most).",
         "",
     ]
     rows = []
@@ -313,7 +316,10 @@ def main() -> None:
         "--max-concurrent-runs",
         type=int,
         default=0,
-        help="override dagster.yaml's max_concurrent_runs (0: keep)",
+        help="override dagster.yaml's max_concurrent_runs, both sides (0: keep)",
+    )
+    parser.add_argument(
+        "--tenant-limit", type=int, default=0, help="override the per-tenant run limit, both sides (0: keep)"
     )
     parser.add_argument("--label", default="", help="suffix of the result files (one per lever setting)")
     args = parser.parse_args()
@@ -339,14 +345,12 @@ def main() -> None:
                 "BENCH_BASELINE_EXECUTOR": args.baseline_executor,
             }
         )
-        if args.max_concurrent_runs:
-            home_yaml = stack.data_dir / "dagster_home" / "dagster.yaml"
-            text = home_yaml.read_text()
-            assert "max_concurrent_runs: 4" in text, "dagster.yaml changed: update the override"
-            home_yaml.write_text(
-                text.replace("max_concurrent_runs: 4", f"max_concurrent_runs: {args.max_concurrent_runs}")
-            )
-            data["max_concurrent_runs"] = args.max_concurrent_runs
+        stack.write_homes(args.default_launcher, args.max_concurrent_runs, args.tenant_limit)
+        queue = stack.platform_instance["run_coordinator"]["config"]
+        data["max_concurrent_runs"] = args.max_concurrent_runs or queue["max_concurrent_runs"]
+        data["tenant_limit"] = args.tenant_limit or next(
+            t["limit"] for t in queue["tag_concurrency_limits"] if t["key"] == "agentflow/tenant"
+        )
         from resources.kafka import KafkaResource
 
         KafkaResource(bootstrap_servers=stack.kafka).ensure_topics([BASELINE_TOPIC], 4)
@@ -355,8 +359,6 @@ def main() -> None:
         )
         baseline = Side("baseline", BASELINE_TOPIC, "bench/event_id", BENCH / "workspace_baseline.yaml")
         env = {"BENCH_EXECUTOR": args.platform_executor} if args.platform_executor != "auto" else {}
-        if not args.default_launcher:
-            env["DAGSTER_HOME"] = str(warm_home(stack))
         data["platform_launcher"] = "DefaultRunLauncher" if args.default_launcher else "WarmForkRunLauncher"
         print(f"platform: warm-up, {args.singles} idle singles, burst of {args.events}", flush=True)
         llm.requests.clear()
@@ -386,24 +388,6 @@ def main() -> None:
     plot(data, plot_path(name))
     print(md.read_text())
     print(f"wrote {js}, {md}, {plot_path(name)}")
-
-
-def warm_home(stack: BenchStack) -> Path:
-    """A DAGSTER_HOME on the same storage whose instance launches runs with WarmForkRunLauncher."""
-    home = stack.data_dir / "dagster_home_warm"
-    home.mkdir(parents=True, exist_ok=True)
-    base = (stack.data_dir / "dagster_home" / "dagster.yaml").read_text()
-    (home / "dagster.yaml").write_text(base + WARM_LAUNCHER)
-    return home
-
-
-WARM_LAUNCHER = """
-run_launcher:
-  module: agentflow_dagster.warm_launcher
-  class: WarmForkRunLauncher
-  config:
-    preload_modules: [agentflow_dagster.definitions]
-"""
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 from common import BENCH, BenchStack, machine, md_table, plot_path, pyplot, summary, write_results
-from e2e_bench import Side, publish, run_timings, warm_home
+from e2e_bench import Side, publish, run_timings
 
 from agentflow_dagster import names
 from tests.support.llm_server import LLMTestServer, slow
@@ -423,10 +423,10 @@ def main() -> None:
     sampler: ResourceSampler | None = None
     try:
         stack.start({"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench-key"})
-        env = {} if args.default_launcher else {"DAGSTER_HOME": str(warm_home(stack))}
+        stack.write_homes(default_launcher=args.default_launcher)
         instance = DagsterInstance.get()
         producer = KafkaProducer(bootstrap_servers=stack.kafka, acks="all", linger_ms=5)
-        daemon = stack.start_daemon(side.workspace, "daemon_load", env)
+        daemon = stack.start_daemon(side.workspace, "daemon_load", platform=True)
         prefix = f"load-{uuid.uuid4().hex[:8]}"
         print("warm-up event", flush=True)
         warm = publish(producer, side, [side.event(f"{prefix}-warm", "t0")])

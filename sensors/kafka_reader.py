@@ -64,11 +64,11 @@ class ReaderConfig:
     max_seconds: float = 20.0
     max_records: int = 500
     on_reset: ResetPolicy = "reset_to_earliest"
-    poll_timeout_ms: int = 200
+    poll_timeout_ms: int = 100
     # A partition is caught up only after this many polls and this much time without records since its
     # last record or seek: the first poll after a seek often returns nothing while the fetch is in flight.
     idle_polls: int = 3
-    idle_seconds: float = 0.6
+    idle_seconds: float = 0.3
     # Before declaring a reset, the record before the cursor is sought again and waited for this long.
     confirm_seconds: float = 1.5
     dlq_send_timeout: float = 10.0

@@ -277,7 +277,7 @@ def make_workflow_request_sensor(
     settings: Settings | None = None,
     quotas: TenantQuotas | None = None,
     name: str = "workflow_request_sensor",
-    minimum_interval_seconds: int = 2,
+    minimum_interval_seconds: int = 1,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> dg.SensorDefinition:
     """A sensor that starts one run of the named workflow job per `agentflow.workflow.requests` event."""

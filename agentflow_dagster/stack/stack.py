@@ -176,8 +176,10 @@ class Stack:
         return svc
 
     def _start_daemon(self) -> Service:
-        exe = shutil.which("dagster-daemon", path=str(Path(sys.executable).parent)) or "dagster-daemon"
-        svc = self._spawn("dagster_daemon", [exe, "run", "-w", str(self._workspace())])
+        # The stock dagster-daemon CLI with a sub-second sensor loop (agentflow_dagster/instance/daemon.py).
+        module = "agentflow_dagster.instance.daemon"
+        args = [sys.executable, "-m", module, "run", "-w", str(self._workspace())]
+        svc = self._spawn("dagster_daemon", args)
         svc.address = str(self.data / "dagster_home")
         return svc
 

@@ -17,7 +17,7 @@ case "${AGENTFLOW_ROLE:-code-server}" in
   webserver)
     exec dagster-webserver -h 0.0.0.0 -p "${AGENTFLOW_WEBSERVER_PORT:-3000}" -w "$WORKSPACE" ;;
   daemon)
-    exec dagster-daemon run -w "$WORKSPACE" ;;
+    exec python -m agentflow_dagster.instance.daemon run -w "$WORKSPACE" ;;
   api)
     # `agentflow api` reads AGENTFLOW_API_HOST / AGENTFLOW_API_PORT (agentflow_dagster/api/config.py).
     export AGENTFLOW_API_HOST="${AGENTFLOW_API_HOST:-0.0.0.0}" AGENTFLOW_API_PORT="${AGENTFLOW_API_PORT:-8080}"

@@ -337,7 +337,10 @@ def test_helm_values() -> None:
     daemon = values["dagsterDaemon"]
     queued = daemon["runCoordinator"]["config"]["queuedRunCoordinator"]
     rc = repo["run_coordinator"]["config"]
-    assert daemon["runCoordinator"]["type"] == repo["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    # The chart's daemon image is stock Dagster (no agentflow package): the stock coordinator with the
+    # repo's limits; FastQueuedRunCoordinator only adds a sub-second dequeue loop to it.
+    assert daemon["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    assert repo["run_coordinator"]["class"] == "FastQueuedRunCoordinator"
     assert queued["maxConcurrentRuns"] == rc["max_concurrent_runs"]
     assert queued["tagConcurrencyLimits"] == [
         {

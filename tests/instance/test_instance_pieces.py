@@ -1,0 +1,140 @@
+"""The instance pieces in dagster.yaml: pooled Postgres storage, fast dequeue loop, daemon sensor loop."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from agentflow_dagster.instance.coordinator import FastQueuedRunCoordinator
+from agentflow_dagster.instance.daemon import set_sensor_loop
+from agentflow_dagster.instance.storage import PooledPostgresStorage
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _psycopg2(url: str) -> str:
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1)
+
+
+def _instance(home: Path, storage: dict) -> dg.DagsterInstance:
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": storage, "telemetry": {"enabled": False}}))
+    return dg.DagsterInstance.from_config(str(home))
+
+
+@pytest.fixture
+def dagster_db(pg_url: str) -> Iterator[str]:
+    """A database of its own for Dagster's tables, dropped afterwards."""
+    admin = sa.create_engine(_psycopg2(pg_url), isolation_level="AUTOCOMMIT")
+    name = "dagster_pool_test"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    try:
+        yield _psycopg2(pg_url).rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def _connects_per_query(instance: dg.DagsterInstance, run_id: str, n: int = 30) -> int:
+    engine = instance.run_storage._engine  # type: ignore[attr-defined]
+    count = {"n": 0}
+
+    def on_connect(*_: object) -> None:
+        count["n"] += 1
+
+    sa.event.listen(engine, "connect", on_connect)
+    try:
+        for _ in range(n):
+            assert instance.get_run_by_id(run_id) is not None
+    finally:
+        sa.event.remove(engine, "connect", on_connect)
+    return count["n"]
+
+
+def test_pooled_storage_reuses_connections_where_stock_connects_per_query(
+    dagster_db: str, tmp_path: Path
+) -> None:
+    pooled_cfg = {
+        "custom": {
+            "module": "agentflow_dagster.instance.storage",
+            "class": "PooledPostgresStorage",
+            "config": {"postgres_url": dagster_db, "pool_size": 1, "max_overflow": 4},
+        }
+    }
+    with _instance(tmp_path / "pooled", pooled_cfg) as pooled:
+        # One pool (QueuePool, size 1 as configured) for the storages of this instance.
+        engines = {s._engine for s in (pooled.run_storage, pooled.event_log_storage, pooled.schedule_storage)}  # type: ignore[attr-defined,union-attr]
+        (engine,) = engines
+        assert isinstance(engine.pool, sa.pool.QueuePool) and engine.pool.size() == 1
+        run = pooled.create_run_for_job(_job(), run_id=None)
+        pooled.report_engine_event("hello", run)
+        assert [e.message for e in pooled.all_logs(run.run_id)][-1] == "hello"
+        assert _connects_per_query(pooled, run.run_id) <= 1
+        with _instance(tmp_path / "stock", {"postgres": {"postgres_url": dagster_db}}) as stock:
+            # Same tables, same rows: the pooled class changes connections only.
+            assert stock.get_run_by_id(run.run_id) is not None
+            assert _connects_per_query(stock, run.run_id) >= 30  # at least one per query
+
+
+def test_pooled_storage_rejects_bad_pool_settings(dagster_db: str) -> None:
+    with pytest.raises(ValueError, match="pool_size must be >= 1"):
+        PooledPostgresStorage(dagster_db, pool_size=0)
+
+
+@dg.op
+def _noop() -> None:
+    return None
+
+
+def _job() -> dg.JobDefinition:
+    @dg.job(name="pool_probe")
+    def pool_probe() -> None:
+        _noop()
+
+    return pool_probe
+
+
+def test_fast_coordinator_reads_the_repo_config_and_checks_the_interval() -> None:
+    config = yaml.safe_load((REPO / "dagster.yaml").read_text())["run_coordinator"]
+    assert config["class"] == "FastQueuedRunCoordinator"
+    coord = FastQueuedRunCoordinator.from_config_value(None, config["config"])  # type: ignore[arg-type]
+    assert coord.dequeue_interval_seconds == config["config"]["dequeue_interval_ms"] / 1000 < 1
+    assert coord.get_run_queue_config().max_concurrent_runs == config["config"]["max_concurrent_runs"]
+    # Without the ms field it is the stock coordinator.
+    assert FastQueuedRunCoordinator(dequeue_interval_seconds=3).dequeue_interval_seconds == 3
+    with pytest.raises(ValueError, match="dequeue_interval_ms must be 50..60000"):
+        FastQueuedRunCoordinator(dequeue_interval_ms=10)
+
+
+def test_sensor_loop_is_set_and_checked() -> None:
+    import dagster._daemon.sensor as sensor_daemon
+
+    previous = set_sensor_loop(0.5)
+    try:
+        assert sensor_daemon.MIN_INTERVAL_LOOP_TIME == 0.5
+        with pytest.raises(ValueError, match=r"within \(0, 5\]"):
+            set_sensor_loop(0)
+    finally:
+        set_sensor_loop(previous)
+
+
+def test_daemon_entry_point_is_the_stock_cli() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "agentflow_dagster.instance.daemon", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "run" in out.stdout and "liveness-check" in out.stdout
