@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     # How often the sensor daemon looks for due sensors (Dagster's own loop is fixed at 5 s); the
     # request sensor's minimum interval (1 s) still spaces its ticks. See agentflow_dagster/instance.
     sensor_loop_seconds: float = Field(default=0.5, gt=0, le=5)
+    # The request sensor's long poll: an idle tick keeps reading for this long (sensors/kafka_reader.py).
+    request_poll_seconds: float = Field(default=3.0, ge=0, le=15)
 
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AGENTFLOW_OPENAI_BASE_URL")

@@ -71,6 +71,11 @@ class ReaderConfig:
     idle_seconds: float = 0.3
     # Before declaring a reset, the record before the cursor is sought again and waited for this long.
     confirm_seconds: float = 1.5
+    # Long poll: a tick that has caught up without reading anything keeps polling for new records
+    # until this many seconds after its start, and returns as soon as what arrived is handled (and the
+    # partitions are idle again). 0 = return once caught up. Dagster spaces sensor ticks by at least
+    # 1 s from the end of the previous tick; polling inside the tick sees an event within one poll.
+    wait_seconds: float = 0.0
     dlq_send_timeout: float = 10.0
 
 
@@ -186,6 +191,7 @@ class KafkaTopicReader:
 
         result = ReadResult(cursor="")
         deadline = now + cfg.max_seconds
+        wait_until = now + min(cfg.wait_seconds, cfg.max_seconds)
         reported_end: dict[TopicPartition, int] | None = None
         while True:
             now = time.monotonic()
@@ -218,7 +224,10 @@ class KafkaTopicReader:
                         waiting.append(p)
             if not waiting:
                 result.caught_up = True
-                break
+                if result.handled or result.dead_lettered or result.skipped or now >= wait_until:
+                    break
+            else:
+                result.caught_up = False
             try:
                 batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=min(budget, 500))
             except OffsetOutOfRangeError as exc:

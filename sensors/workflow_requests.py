@@ -283,7 +283,6 @@ def make_workflow_request_sensor(
     """A sensor that starts one run of the named workflow job per `agentflow.workflow.requests` event."""
     by_name = {job.name: job for job in jobs}
     known_specs = dict(specs or {})
-    reader_cfg = reader_config or ReaderConfig()
 
     @dg.sensor(
         name=name,
@@ -298,11 +297,12 @@ def make_workflow_request_sensor(
         postgres: PostgresResource,
         object_store: ObjectStoreResource,
     ) -> dg.SensorResult:
+        active = settings or get_settings()
         intake = RequestIntake(
             jobs=by_name,
             specs=known_specs,
             run_config=run_config,
-            settings=settings or get_settings(),
+            settings=active,
             postgres=postgres,
             object_store=object_store,
             quotas=quotas or TenantQuotas(),
@@ -310,7 +310,8 @@ def make_workflow_request_sensor(
         )
         tracing.setup_tracing("agentflow-sensors")
         reader = KafkaTopicReader(
-            names.TOPIC_REQUESTS, kafka.consumer, kafka.producer, context.log, reader_cfg,
+            names.TOPIC_REQUESTS, kafka.consumer, kafka.producer, context.log,
+            reader_config or ReaderConfig(wait_seconds=active.request_poll_seconds),
             on_dead_letter=intake.record_dead_letter,
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)

@@ -72,6 +72,39 @@ def test_budget_smaller_than_backlog_loses_and_repeats_nothing(kafka: KafkaResou
     assert seen[-2:] == [b"late0", b"late1"] and len(seen) == 55
 
 
+def test_long_poll_returns_once_an_arrival_is_handled_and_waits_out_an_empty_tick(
+    kafka: KafkaResource,
+) -> None:
+    """wait_seconds: an empty tick polls on for the window; a record arriving inside it is handled
+    and the tick returns right after (partitions idle again), with the cursor past that record."""
+    import threading
+    import time
+
+    topic = new_topic(kafka)
+    cursor = end_cursor(kafka, topic)
+    config = replace(FAST, wait_seconds=6.0)
+
+    started = time.monotonic()
+    empty = tick(kafka, topic, cursor, lambda r: None, replace(FAST, wait_seconds=1.5))
+    assert empty.caught_up and empty.handled == 0
+    assert time.monotonic() - started >= 1.5, "an empty tick polls for the whole window"
+
+    seen: list[tuple[bytes, float]] = []
+    sender = threading.Timer(1.0, produce, args=(kafka, topic, [b"late"]))
+    started = time.monotonic()
+    sender.start()
+    try:
+        result = tick(kafka, topic, empty.cursor, lambda r: seen.append((r.value, time.monotonic())), config)
+    finally:
+        sender.join()
+    took = time.monotonic() - started
+    assert [v for v, _ in seen] == [b"late"] and result.handled == 1 and result.caught_up
+    assert took < 4.0, f"the tick returned {took:.1f} s after its start, not at the end of the 6 s window"
+    # The next tick starts after the record: nothing again.
+    again = tick(kafka, topic, result.cursor, lambda r: seen.append((r.value, 0.0)))
+    assert again.handled == 0 and len(seen) == 1
+
+
 def test_bad_records_go_to_the_dlq_and_do_not_stall(kafka: KafkaResource) -> None:
     topic = new_topic(kafka)
     dlq_cursor = end_cursor(kafka, f"{topic}.dlq")
