@@ -122,7 +122,10 @@ class WarmForkRunLauncher(RunLauncher, ConfigurableClass):
             if self._ctx is None:
                 ctx = multiprocessing.get_context("forkserver")
                 # The forkserver imports these once; it starts (and pays for them) on the first launch.
-                ctx.set_forkserver_preload(["dagster", *self.preload_modules])
+                # agentflow_dagster.instance.preload: the storage layer and clients every run imports.
+                ctx.set_forkserver_preload(
+                    ["dagster", "agentflow_dagster.instance.preload", *self.preload_modules]
+                )
                 self._ctx = ctx
             return self._ctx
 

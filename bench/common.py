@@ -154,6 +154,9 @@ class BenchStack:
             limit["limit"] = tenant_limit
         if default_launcher:
             platform.pop("run_launcher", None)
+        else:
+            # The forkserver preloads the code location the daemon serves, as in production.
+            platform["run_launcher"]["config"]["preload_modules"].append("bench.platform_location")
         (self.platform_home / "dagster.yaml").write_text(yaml.safe_dump(platform, sort_keys=False))
         stock = yaml.safe_dump(stock_instance(platform), sort_keys=False)
         (self.stock_home / "dagster.yaml").write_text(stock)

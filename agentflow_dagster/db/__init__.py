@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
@@ -22,9 +23,43 @@ def sqlalchemy_url(url: str) -> str:
 
 
 def make_engine(url: str, **kwargs: object) -> sa.Engine:
-    kwargs.setdefault("pool_pre_ping", True)
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
-    return sa.create_engine(sqlalchemy_url(url), **kwargs)  # type: ignore[arg-type]
+    engine = sa.create_engine(sqlalchemy_url(url), **kwargs)  # type: ignore[arg-type]
+    return engine if kwargs.get("pool_pre_ping") else ping_when_idle(engine)
+
+
+# A connection back in the pool for less than this is not pinged on its next checkout.
+IDLE_PING_SECONDS = 1.0
+
+
+def ping_when_idle(engine: sa.Engine, idle_seconds: float = IDLE_PING_SECONDS) -> sa.Engine:
+    """Pessimistic disconnect handling that pings only connections idle for `idle_seconds` or more.
+
+    `pool_pre_ping` spends a `SELECT 1` round trip on every checkout; a task or a Dagster run checks
+    connections out many times a second, and a connection used a moment ago is alive in all but a
+    vanishing window. A stale one (after a Postgres restart, say) fails the ping, the listener raises
+    DisconnectionError, and the pool replaces it before handing it out, as with pre-ping.
+    """
+
+    @sa.event.listens_for(engine, "checkin")
+    def _checked_in(dbapi_conn: Any, record: Any) -> None:
+        record.info["agentflow_idle_since"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("agentflow_idle_since")
+        if since is None or time.monotonic() - since < idle_seconds:
+            return  # a new connection, or one used a moment ago
+        try:
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as exc:  # any DBAPI error here means: do not hand this connection out
+            raise sa.exc.DisconnectionError(f"idle connection failed its ping: {exc}") from exc
+
+    return engine
 
 
 def alembic_config(url: str) -> Config:

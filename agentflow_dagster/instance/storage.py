@@ -4,7 +4,8 @@ dagster-postgres opens every storage engine with `NullPool` (only the webserver 
 each event write, run query and tick update connects anew, and Postgres forks a backend for it. On a
 2-core host that was ~2.5 ms of wall time and ~2 ms of server CPU per statement, ~40+ times per
 workflow run plus the daemons' polling. Here the run, event log and schedule storages of one process
-share one pooled engine (`pool_pre_ping`, so a Postgres restart costs a reconnect, not an error).
+share one pooled engine; a connection idle for a second or more is pinged before use
+(`agentflow_dagster.db.ping_when_idle`), so a Postgres restart costs a reconnect, not an error.
 Tables are still created by the stock classes when missing; the check runs once per process and URL.
 """
 
@@ -24,6 +25,8 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 from sqlalchemy.engine import Engine
+
+from agentflow_dagster.db import ping_when_idle
 
 _checked: set[str] = set()
 _checked_lock = threading.Lock()
@@ -63,8 +66,8 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             pool_size=pool_size,
             max_overflow=max_overflow,
             pool_recycle=pool_recycle,
-            pool_pre_ping=True,
         )
+        ping_when_idle(engine)
         kw = {"token_provider": token_provider}
         self._run_storage = _pooled(PostgresRunStorage(postgres_url, check_tables, **kw), engine)
         self._event_log_storage = _pooled(PostgresEventLogStorage(postgres_url, check_tables, **kw), engine)

@@ -138,3 +138,38 @@ def test_daemon_entry_point_is_the_stock_cli() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "run" in out.stdout and "liveness-check" in out.stdout
+
+
+def test_idle_ping_replaces_a_dead_connection_and_skips_fresh_ones(pg_url: str) -> None:
+    """ping_when_idle: a connection idle past the threshold whose backend died is replaced at checkout;
+    one used a moment ago is handed out unpinged (its death shows on the next statement)."""
+    import time
+
+    from agentflow_dagster.db import make_engine
+
+    engine = make_engine(pg_url, pool_size=1, max_overflow=0)
+    admin = make_engine(pg_url, isolation_level="AUTOCOMMIT")
+
+    def backend_pid() -> int:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one())
+
+    def kill(pid: int) -> None:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": pid})
+
+    try:
+        first = backend_pid()
+        assert backend_pid() == first, "pooled: the same backend serves the next checkout"
+        kill(first)
+        time.sleep(1.2)  # past IDLE_PING_SECONDS: the checkout pings, fails, reconnects
+        second = backend_pid()
+        assert second != first
+
+        kill(second)
+        with pytest.raises(sa.exc.OperationalError):
+            backend_pid()  # used a moment ago: not pinged, the statement meets the dead backend
+        assert backend_pid() not in (first, second), "the pool dropped it and reconnected"
+    finally:
+        engine.dispose()
+        admin.dispose()

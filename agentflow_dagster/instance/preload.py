@@ -1,0 +1,71 @@
+"""Imported once by WarmForkRunLauncher's forkserver: what every run worker would otherwise import.
+
+Profiled with py-spy over a 30-event burst (docs/performance.md): with only `dagster` and the code
+location preloaded, ~64 % of the run workers' CPU went to imports done after the fork, mostly
+`DagsterInstance.from_ref` pulling in the storage layer (SQLAlchemy table definitions, alembic,
+dagster-postgres), `dagster._cli.api`, and client libraries first touched inside a run (kafka,
+openai's chat resources, psycopg2, OpenTelemetry instrumentation). Importing them here, before the
+fork, leaves only the run's own work in each worker. Nothing here opens a connection or a thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+MODULES = (
+    # Running a run: the execute_run body and the instance's storage layer.
+    "dagster._cli.api",
+    "dagster._core.instance.ref",
+    "dagster._core.storage.base_storage",
+    "dagster._core.storage.legacy_storage",
+    "dagster._core.storage.runs",
+    "dagster._core.storage.event_log",
+    "dagster._core.storage.schedules",
+    "dagster._core.storage.local_compute_log_manager",
+    "dagster._core.execution.api",
+    "dagster._core.executor.in_process",
+    "dagster_postgres",
+    "psycopg2",
+    "psycopg2.extras",
+    "agentflow_dagster.instance.storage",
+    # Clients a workflow run touches.
+    "kafka",
+    "redis",
+    "httpx",
+    "httpx2",
+    "httpcore2",
+    "openai",
+    "openai.resources.chat",
+    "openai.resources.chat.chat",
+    "openai.resources.chat.completions",
+    "upath",
+    "upath.core",
+    "upath.implementations.local",
+    "agentflow_dagster.llm.openai_compat",
+    "opentelemetry.instrumentation.sqlalchemy",
+    "opentelemetry.instrumentation.redis",
+    "opentelemetry.instrumentation.kafka",
+    # The SQLAlchemy instrumentation probes this optional module; without greenlet the import fails,
+    # and a failure tried once here is cheap to repeat in each worker (its submodules stay loaded).
+    "sqlalchemy.ext.asyncio",
+)
+
+
+def preload() -> list[str]:
+    """Import MODULES; returns the ones that could not be imported (optional packages)."""
+    missing = []
+    for name in MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if "agentflow_dagster.llm.openai_compat" not in missing:
+        from agentflow_dagster.llm.openai_compat import shared_ssl_context
+
+        shared_ssl_context()  # the CA bundle, loaded once for every worker
+    return missing
+
+
+with contextlib.suppress(Exception):  # a preload must never stop the forkserver
+    preload()
