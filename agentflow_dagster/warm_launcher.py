@@ -34,12 +34,21 @@ PID_TAG = "agentflow/worker_pid"
 _log = logging.getLogger(__name__)
 
 
+def _storage_checked_by_launcher() -> None:
+    """The launching daemon opened this instance's storage (creating any missing table): a run worker
+    need not check the tables again."""
+    from agentflow_dagster.instance.storage import assume_tables_exist
+
+    assume_tables_exist()
+
+
 def _run_worker(run_id: str, instance_ref_json: str) -> None:
     """Body of one forked run worker: what `dagster api execute_run` does, minus the interpreter start."""
     from dagster._cli.api import _execute_run_command_body
     from dagster._core.instance.ref import InstanceRef
     from dagster._utils.interrupts import capture_interrupts
 
+    _storage_checked_by_launcher()
     ref = deserialize_value(instance_ref_json, InstanceRef)
     with capture_interrupts(), dg.DagsterInstance.from_ref(ref) as instance:
         _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
@@ -53,6 +62,7 @@ def _standby_worker(conn: Any, instance_ref_json: str, preload_modules: Sequence
     from dagster._core.instance.ref import InstanceRef
     from dagster._utils.interrupts import capture_interrupts
 
+    _storage_checked_by_launcher()
     ref = deserialize_value(instance_ref_json, InstanceRef)
     with capture_interrupts(), dg.DagsterInstance.from_ref(ref) as instance:
         # Warm what every run needs: a pooled storage connection, and each preloaded module's

@@ -222,6 +222,7 @@ def stock_instance(platform: dict[str, Any]) -> dict[str, Any]:
     queue["module"], queue["class"] = "dagster.core.run_coordinator", "QueuedRunCoordinator"
     queue["config"].pop("dequeue_interval_ms", None)
     stock.pop("run_launcher", None)
+    stock.pop("compute_logs", None)  # Dagster's default LocalComputeLogManager
     return stock
 
 

@@ -12,8 +12,8 @@ Tables are still created by the stock classes when missing; the check runs once 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import dagster as dg
 from dagster._core.storage.base_storage import DagsterStorage
@@ -24,12 +24,19 @@ from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
-from sqlalchemy.engine import Engine
 
 from agentflow_dagster.db import ping_when_idle
 
 _checked: set[str] = set()
 _checked_lock = threading.Lock()
+_tables_known = False
+
+
+def assume_tables_exist() -> None:
+    """This process's launcher has already opened the storage (so created any missing tables): skip
+    the table checks (a few catalog queries per storage). Called by the warm launcher's run workers."""
+    global _tables_known
+    _tables_known = True
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
@@ -54,7 +61,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         with _checked_lock:
             # Dagster builds this class three times per instance (one per storage kind); one table
             # check per process and database is enough.
-            check_tables = should_autocreate_tables and postgres_url not in _checked
+            check_tables = should_autocreate_tables and not _tables_known and postgres_url not in _checked
         self.postgres_url = postgres_url
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data
@@ -69,9 +76,12 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         )
         ping_when_idle(engine)
         kw = {"token_provider": token_provider}
-        self._run_storage = _pooled(PostgresRunStorage(postgres_url, check_tables, **kw), engine)
-        self._event_log_storage = _pooled(PostgresEventLogStorage(postgres_url, check_tables, **kw), engine)
-        self._schedule_storage = _pooled(PostgresScheduleStorage(postgres_url, check_tables, **kw), engine)
+        self._run_storage = _PooledRunStorage(postgres_url, check_tables, **kw)
+        self._event_log_storage = _PooledEventLogStorage(postgres_url, check_tables, **kw)
+        self._schedule_storage = _PooledScheduleStorage(postgres_url, check_tables, **kw)
+        for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
+            # The stock constructors made NullPool engines, which hold no connection: swap in the pool.
+            storage._engine = engine
         self._pooled = engine
         if check_tables:
             with _checked_lock:
@@ -102,18 +112,46 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         )
 
 
-_S = TypeVar("_S", PostgresRunStorage, PostgresEventLogStorage, PostgresScheduleStorage)
+def _once_true(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """Cache a schema check once it holds: a column or table that exists does not go away while the
+    process lives, and a False is asked again (a migration may add it)."""
+    attr = f"_agentflow_true_{check.__name__}"
+
+    def cached(self: Any) -> bool:
+        if getattr(self, attr, False):
+            return True
+        result = check(self)
+        if result:
+            setattr(self, attr, True)
+        return result
+
+    cached.__name__ = check.__name__
+    return cached
 
 
-def _pooled(storage: _S, engine: Engine) -> _S:
-    """Point a stock storage at the shared pool; its dispose (DagsterInstance.dispose calls it) closes it."""
-    # The stock constructor made a NullPool engine, which holds no connection: nothing to close there.
-    storage._engine = engine
-    stock_dispose = storage.dispose
+class _PooledRunStorage(PostgresRunStorage):
+    # The stock class reflects the `runs` columns (several catalog queries) on every run-level event
+    # and every get_run_records call: what the daemons and each run worker do most.
+    has_run_stats_index_cols = _once_true(PostgresRunStorage.has_run_stats_index_cols)
+    has_bulk_actions_selector_cols = _once_true(PostgresRunStorage.has_bulk_actions_selector_cols)
+    has_backfill_id_column = _once_true(PostgresRunStorage.has_backfill_id_column)
+    has_bulk_action_job_name_column = _once_true(PostgresRunStorage.has_bulk_action_job_name_column)
+    has_backfill_tags_table = _once_true(PostgresRunStorage.has_backfill_tags_table)
 
-    def dispose() -> None:
-        stock_dispose()
-        engine.dispose()
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()
 
-    storage.dispose = dispose  # type: ignore[method-assign]
-    return storage
+
+class _PooledEventLogStorage(PostgresEventLogStorage):
+    has_asset_key_index_cols = _once_true(PostgresEventLogStorage.has_asset_key_index_cols)
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()
+
+
+class _PooledScheduleStorage(PostgresScheduleStorage):
+    def dispose(self) -> None:
+        super().dispose()
+        self._engine.dispose()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from agentflow_dagster import names
 from agentflow_dagster.settings import Settings
@@ -137,7 +138,10 @@ class Stack:
         home.mkdir(parents=True, exist_ok=True)
         instance_yaml = (REPO_ROOT / "dagster.yaml").read_text()
         if self.settings.s3_endpoint:
-            instance_yaml += _S3_COMPUTE_LOGS.format(endpoint=self.settings.s3_endpoint)
+            # Replace the repo's local compute log manager with the S3 one (MinIO).
+            instance = yaml.safe_load(instance_yaml)
+            instance.update(yaml.safe_load(_S3_COMPUTE_LOGS.format(endpoint=self.settings.s3_endpoint)))
+            instance_yaml = yaml.safe_dump(instance, sort_keys=False)
         (home / "dagster.yaml").write_text(instance_yaml)
 
     def _workspace(self) -> Path:
@@ -258,8 +262,8 @@ def _guard(component: str, address: str, action: Any, fix: str) -> None:
 
 _S3_COMPUTE_LOGS = """
 compute_logs:
-  module: dagster_aws.s3.compute_log_manager
-  class: S3ComputeLogManager
+  module: agentflow_dagster.instance.compute_logs_s3
+  class: RedirectS3ComputeLogManager
   config:
     bucket: dagster-compute-logs
     prefix: compute-logs

@@ -173,3 +173,47 @@ def test_idle_ping_replaces_a_dead_connection_and_skips_fresh_ones(pg_url: str) 
     finally:
         engine.dispose()
         admin.dispose()
+
+
+CAPTURE_SCRIPT = """
+import os, subprocess, sys
+import psutil
+from agentflow_dagster.instance.compute_logs import RedirectComputeLogManager
+
+manager = RedirectComputeLogManager(sys.argv[1])
+key = ["run-1", "compute_logs", "all"]
+with manager.capture_logs(key):
+    children = psutil.Process(os.getpid()).children(recursive=True)
+    print("from python", flush=True)
+    subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('from a child')"], check=True)
+print("after capture:", len(children), manager.is_capture_complete(key), flush=True)
+"""
+
+
+def test_redirect_compute_logs_capture_without_mirror_processes(tmp_path: Path) -> None:
+    """The capture writes what the process (and its children) print to the log files, and starts no
+    `tail`/watcher process, unlike the stock LocalComputeLogManager. Run in a child process: pytest
+    holds this process's stdout and stderr."""
+    from agentflow_dagster.instance.compute_logs import RedirectComputeLogManager
+
+    base = tmp_path / "logs"
+    out = subprocess.run(
+        [sys.executable, "-c", CAPTURE_SCRIPT, str(base)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "after capture: 0 True\n", "nothing mirrored back; no child during the capture"
+    manager = RedirectComputeLogManager(str(base))
+    data = manager.get_log_data(["run-1", "compute_logs", "all"])
+    assert data.stdout == b"from python\n" and data.stderr == b"from a child"
+
+
+def test_redirect_compute_logs_default_dir_needs_a_home(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agentflow_dagster.instance.compute_logs import RedirectComputeLogManager
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert RedirectComputeLogManager()._base_dir == str(tmp_path / "storage")
+    monkeypatch.delenv("DAGSTER_HOME")
+    with pytest.raises(ValueError, match="set base_dir or DAGSTER_HOME"):
+        RedirectComputeLogManager()
