@@ -112,17 +112,20 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         )
 
 
-def _once_true(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    """Cache a schema check once it holds: a column or table that exists does not go away while the
-    process lives, and a False is asked again (a migration may add it)."""
+def _once_true(check: Callable[..., bool], *, by_arg: bool = False) -> Callable[..., bool]:
+    """Cache a schema check once it holds: a column, table or built index that exists does not go
+    away while the process lives, and a False is asked again (a migration may add it). The cache key
+    is the method (by_arg: and its one argument, e.g. a migration name; a connection is not a key)."""
     attr = f"_agentflow_true_{check.__name__}"
 
-    def cached(self: Any) -> bool:
-        if getattr(self, attr, False):
+    def cached(self: Any, *args: Any) -> bool:
+        known: set[Any] = self.__dict__.setdefault(attr, set())
+        key = args[0] if by_arg else None
+        if key in known:
             return True
-        result = check(self)
+        result = check(self, *args)
         if result:
-            setattr(self, attr, True)
+            known.add(key)
         return result
 
     cached.__name__ = check.__name__
@@ -152,6 +155,13 @@ class _PooledEventLogStorage(PostgresEventLogStorage):
 
 
 class _PooledScheduleStorage(PostgresScheduleStorage):
+    # Every sensor tick reads and writes instigator state; the stock class reflects the table list
+    # for each of those (twice) and queries the index table.
+    has_instigators_table = _once_true(PostgresScheduleStorage.has_instigators_table)
+    _has_instigators_table = _once_true(PostgresScheduleStorage._has_instigators_table)
+    has_secondary_index_table = _once_true(PostgresScheduleStorage.has_secondary_index_table)
+    has_built_index = _once_true(PostgresScheduleStorage.has_built_index, by_arg=True)
+
     def dispose(self) -> None:
         super().dispose()
         self._engine.dispose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -217,3 +217,50 @@ def test_redirect_compute_logs_default_dir_needs_a_home(
     monkeypatch.delenv("DAGSTER_HOME")
     with pytest.raises(ValueError, match="set base_dir or DAGSTER_HOME"):
         RedirectComputeLogManager()
+
+
+def _reflections(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object], n: int = 10) -> int:
+    """Schema reflection calls (table list, column list) made by n calls of `action`, after a warm one."""
+    from sqlalchemy.engine.reflection import Inspector
+
+    action()
+    count = {"n": 0}
+    for name in ("get_table_names", "get_columns"):
+        original = getattr(Inspector, name)
+
+        def counted(self: Inspector, *args: object, _original: Callable = original, **kw: object) -> object:
+            count["n"] += 1
+            return _original(self, *args, **kw)
+
+        monkeypatch.setattr(Inspector, name, counted)
+    try:
+        for _ in range(n):
+            action()
+    finally:
+        monkeypatch.undo()
+    return count["n"]
+
+
+def test_schema_checks_are_cached_once_true(
+    dagster_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What every sensor tick and run event does: the pooled storage reflects the schema once, the
+    stock storage on every call (several catalog queries each time)."""
+    pooled_cfg = {
+        "custom": {
+            "module": "agentflow_dagster.instance.storage",
+            "class": "PooledPostgresStorage",
+            "config": {"postgres_url": dagster_db},
+        }
+    }
+    stock_cfg = {"postgres": {"postgres_url": dagster_db}}
+    with (
+        _instance(tmp_path / "pooled", pooled_cfg) as pooled,
+        _instance(tmp_path / "stock", stock_cfg) as stock,
+    ):
+        for inst in (pooled, stock):
+            inst.create_run_for_job(_job())
+        for action in ("all_instigator_state", "get_run_records"):
+            ours = _reflections(monkeypatch, getattr(pooled, action))
+            theirs = _reflections(monkeypatch, getattr(stock, action))
+            assert ours == 0 and theirs >= 10, (action, ours, theirs)
