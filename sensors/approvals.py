@@ -33,6 +33,7 @@ from sensors.workflow_requests import (
     TAG_VERSION,
     audit_dead_letter,
     compiler_run_config,
+    dead_letter_recorded,
     trace_id_from,
 )
 
@@ -209,6 +210,7 @@ def make_approval_sensor(
         reader = KafkaTopicReader(
             names.TOPIC_APPROVALS, kafka.consumer, kafka.producer, context.log, reader_cfg,
             dlq_topic=DLQ_TOPIC, on_dead_letter=intake.record_dead_letter,
+            already_dead_lettered=lambda record: dead_letter_recorded(postgres, record),
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)
         expired = approvals.expire_overdue(postgres.engine, name)

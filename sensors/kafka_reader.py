@@ -143,10 +143,13 @@ class KafkaTopicReader:
         config: ReaderConfig | None = None,
         dlq_topic: str | None = None,
         on_dead_letter: Callable[[KafkaRecord, str, str], None] | None = None,
+        already_dead_lettered: Callable[[KafkaRecord], bool] | None = None,
     ):
         self.topic = topic
         # Called with (record, reason, dlq topic) once the letter is acked: the durable count behind /metrics.
         self.on_dead_letter = on_dead_letter
+        # Asked before a letter is written: True means an earlier tick wrote (and recorded) it already.
+        self.already_dead_lettered = already_dead_lettered
         self.dlq_topic = dlq_topic or f"{topic}.dlq"
         self.config = config or ReaderConfig()
         self.log = log
@@ -344,6 +347,14 @@ class KafkaTopicReader:
             result.handled += 1
         except BadRecord as bad:
             try:
+                if self.already_dead_lettered is not None and self.already_dead_lettered(record):
+                    self.log.info(
+                        f"{self.topic}[{record.partition}]@{record.offset}: already dead-lettered by a tick "
+                        "whose cursor was not saved; not sent again"
+                    )
+                    result.dead_lettered += 1
+                    p.next, p.mark = record.offset + 1, record.fingerprint
+                    return True
                 self._dead_letter(record, str(bad))
                 if self.on_dead_letter is not None:
                     self.on_dead_letter(record, str(bad), self.dlq_topic)

@@ -68,12 +68,32 @@ def inputs_key(plan_id: str) -> str:
     return f"requests/{plan_id}.json"
 
 
+def letter_key(record: KafkaRecord) -> str:
+    """The source record of a dead letter: coordinates plus fingerprint (offsets restart with Tansu)."""
+    return f"{record.topic}[{record.partition}]@{record.offset}#{record.fingerprint}"
+
+
 def audit_dead_letter(
     postgres: PostgresResource, actor: str, record: KafkaRecord, reason: str, dlq_topic: str
 ) -> None:
     """One audit row per dead-lettered event (`agentflow_dlq_events_total` counts these)."""
-    detail = {"dlq_topic": dlq_topic, "source": f"{record.topic}[{record.partition}]@{record.offset}"}
+    detail = {
+        "dlq_topic": dlq_topic,
+        "source": f"{record.topic}[{record.partition}]@{record.offset}",
+        "letter_key": letter_key(record),
+    }
     postgres.audit(actor, DLQ_ACTION, None, record.topic, reason=reason[:1000], **detail)
+
+
+def dead_letter_recorded(postgres: PostgresResource, record: KafkaRecord) -> bool:
+    """Whether this very record was dead-lettered (and audited) before: a tick whose cursor was never
+    saved (its daemon died mid-tick, the code server finished it) left its letters behind."""
+    with postgres.engine.connect() as conn:
+        row = conn.execute(
+            sa.text("SELECT 1 FROM audit_log WHERE action = :a AND detail->>'letter_key' = :k LIMIT 1"),
+            {"a": DLQ_ACTION, "k": letter_key(record)},
+        ).first()
+    return row is not None
 
 
 @dataclass
@@ -313,6 +333,7 @@ def make_workflow_request_sensor(
             names.TOPIC_REQUESTS, kafka.consumer, kafka.producer, context.log,
             reader_config or ReaderConfig(wait_seconds=active.request_poll_seconds),
             on_dead_letter=intake.record_dead_letter,
+            already_dead_lettered=lambda record: dead_letter_recorded(postgres, record),
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)
         context.log.info(

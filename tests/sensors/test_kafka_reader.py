@@ -14,6 +14,7 @@ import pytest
 from agentflow_dagster.events import DeadLetter
 from agentflow_dagster.stack import services
 from resources.kafka import KafkaResource
+from resources.postgres import PostgresResource
 from sensors.kafka_reader import (
     BadRecord,
     CursorResetError,
@@ -123,6 +124,39 @@ def test_bad_records_go_to_the_dlq_and_do_not_stall(kafka: KafkaResource) -> Non
         assert letter.reason == f"bad at {letter.offset}" and letter.source_topic == topic
         assert letter.headers == {"h": "v"}
     assert TopicCursor.parse(result.cursor).offsets == {0: 2, 1: 2, 2: 1, 3: 1}
+
+
+def test_a_record_dead_lettered_by_an_unsaved_tick_is_not_sent_twice(
+    kafka: KafkaResource, postgres: PostgresResource
+) -> None:
+    """A tick dead-letters and audits a record, but its cursor is never saved (daemon killed mid-tick):
+    re-reading from the old cursor finds the audit row and writes no second letter."""
+    from sensors.workflow_requests import audit_dead_letter, dead_letter_recorded
+
+    topic = new_topic(kafka)
+    dlq_cursor = end_cursor(kafka, f"{topic}.dlq")
+    produce(kafka, topic, [b"\xffbad0", b"ok1"])
+
+    def handle(record: KafkaRecord) -> None:
+        if record.value.startswith(b"\xff"):
+            raise BadRecord("bad")
+
+    def reader() -> KafkaTopicReader:
+        return KafkaTopicReader(
+            topic, kafka.consumer, kafka.producer, LOG, FAST,
+            on_dead_letter=lambda r, why, dlq: audit_dead_letter(postgres, "test", r, why, dlq),
+            already_dead_lettered=lambda r: dead_letter_recorded(postgres, r),
+        )  # fmt: skip
+
+    first = reader().read(None, handle)  # its cursor is "lost"
+    again = reader().read(None, handle)
+    assert (first.dead_lettered, again.dead_lettered) == (1, 1)
+    assert again.cursor == first.cursor
+    letters = read_all(kafka, f"{topic}.dlq", dlq_cursor)
+    assert len(letters) == 1, "one letter for one bad record"
+    # Same coordinates, other record (a recreated log): not taken for the old letter.
+    (bad,) = [DeadLetter.model_validate_json(r.value) for r in letters]
+    assert bad.offset == 0
 
 
 def test_handler_failure_stops_before_the_record_and_retries_it(kafka: KafkaResource) -> None:
