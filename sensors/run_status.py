@@ -288,7 +288,7 @@ def make_run_status_sensors(
     specs: Mapping[str, SinkInfo] | None = None,
     *,
     settings: Settings | None = None,
-    minimum_interval_seconds: int = 5,
+    minimum_interval_seconds: int = 2,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
 ) -> list[dg.SensorDefinition]:
     """Sensors that record run starts and publish one result per succeeded, failed or canceled run."""
