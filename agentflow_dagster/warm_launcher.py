@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import dagster as dg
@@ -34,37 +34,38 @@ PID_TAG = "agentflow/worker_pid"
 _log = logging.getLogger(__name__)
 
 
-def _storage_checked_by_launcher() -> None:
-    """The launching daemon opened this instance's storage (creating any missing table): a run worker
-    need not check the tables again."""
+@contextlib.contextmanager
+def _worker_instance(instance_ref_json: str) -> Iterator[dg.DagsterInstance]:
+    """The run worker's instance, with Dagster's interrupt handling, as `dagster api execute_run` sets up."""
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._utils.interrupts import capture_interrupts
+
     from agentflow_dagster.instance.storage import assume_tables_exist
 
+    # The launching daemon opened this storage (creating any missing table): no table checks here.
     assume_tables_exist()
+    ref = deserialize_value(instance_ref_json, InstanceRef)
+    with capture_interrupts(), dg.DagsterInstance.from_ref(ref) as instance:
+        yield instance
+
+
+def _execute(run_id: str, instance: dg.DagsterInstance) -> None:
+    from dagster._cli.api import _execute_run_command_body
+
+    _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
 
 
 def _run_worker(run_id: str, instance_ref_json: str) -> None:
     """Body of one forked run worker: what `dagster api execute_run` does, minus the interpreter start."""
-    from dagster._cli.api import _execute_run_command_body
-    from dagster._core.instance.ref import InstanceRef
-    from dagster._utils.interrupts import capture_interrupts
-
-    _storage_checked_by_launcher()
-    ref = deserialize_value(instance_ref_json, InstanceRef)
-    with capture_interrupts(), dg.DagsterInstance.from_ref(ref) as instance:
-        _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
+    with _worker_instance(instance_ref_json) as instance:
+        _execute(run_id, instance)
 
 
 def _standby_worker(conn: Any, instance_ref_json: str, preload_modules: Sequence[str]) -> None:
     """A run worker started before its run: instance open, repositories loaded, then one run id."""
     import importlib
 
-    from dagster._cli.api import _execute_run_command_body
-    from dagster._core.instance.ref import InstanceRef
-    from dagster._utils.interrupts import capture_interrupts
-
-    _storage_checked_by_launcher()
-    ref = deserialize_value(instance_ref_json, InstanceRef)
-    with capture_interrupts(), dg.DagsterInstance.from_ref(ref) as instance:
+    with _worker_instance(instance_ref_json) as instance:
         # Warm what every run needs: a pooled storage connection, and each preloaded module's
         # repository definition (Definitions resolve lazily, once per process).
         instance.get_runs_count()
@@ -80,7 +81,7 @@ def _standby_worker(conn: Any, instance_ref_json: str, preload_modules: Sequence
         finally:
             conn.close()
         if run_id:
-            _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
+            _execute(run_id, instance)
 
 
 class WarmForkRunLauncher(RunLauncher, ConfigurableClass):

@@ -31,9 +31,8 @@ from sensors.workflow_requests import (
     TAG_PRIORITY,
     TAG_TRACEPARENT,
     TAG_VERSION,
-    audit_dead_letter,
     compiler_run_config,
-    dead_letter_recorded,
+    dead_letter_hooks,
     trace_id_from,
 )
 
@@ -104,9 +103,6 @@ class ApprovalIntake:
         if row is None:
             raise BadRecord(f"unknown plan {plan_id}: no workflow run or accepted request has this plan_id")
         return str(row.workflow), str(row.tenant)
-
-    def record_dead_letter(self, record: KafkaRecord, reason: str, dlq_topic: str) -> None:
-        audit_dead_letter(self.postgres, self.actor, record, reason, dlq_topic)
 
 
 def _request_of(resume: approvals.Resume, spec: WorkflowSpec | None, priority: int) -> WorkflowRequest:
@@ -209,8 +205,7 @@ def make_approval_sensor(
         intake = ApprovalIntake(known_specs, postgres, settings or get_settings(), actor=name)
         reader = KafkaTopicReader(
             names.TOPIC_APPROVALS, kafka.consumer, kafka.producer, context.log, reader_cfg,
-            dlq_topic=DLQ_TOPIC, on_dead_letter=intake.record_dead_letter,
-            already_dead_lettered=lambda record: dead_letter_recorded(postgres, record),
+            dlq_topic=DLQ_TOPIC, **dead_letter_hooks(postgres, name),
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)
         expired = approvals.expire_overdue(postgres.engine, name)

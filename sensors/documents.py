@@ -15,7 +15,7 @@ from resources.kafka import KafkaResource
 from resources.object_store import validate_key
 from resources.postgres import PostgresResource
 from sensors.kafka_reader import BadRecord, KafkaRecord, KafkaTopicReader, ReaderConfig
-from sensors.workflow_requests import audit_dead_letter, dead_letter_recorded
+from sensors.workflow_requests import dead_letter_hooks
 
 TAG_TRIGGER = "agentflow/trigger"
 TAG_EVENT_COUNT = "agentflow/event_count"
@@ -101,8 +101,7 @@ def make_document_sensor(
             reader_cfg,
             dlq_topic=names.TOPIC_DOCUMENTS_DLQ,
             # One audit row per dead letter: `agentflow_dlq_events_total{topic="agentflow.documents"}`.
-            on_dead_letter=lambda record, reason, dlq: audit_dead_letter(postgres, name, record, reason, dlq),
-            already_dead_lettered=lambda record: dead_letter_recorded(postgres, record),
+            **dead_letter_hooks(postgres, name),
         )
         result = reader.read(context.cursor, intake.handle)
         new = [

@@ -352,12 +352,10 @@ class KafkaTopicReader:
                         f"{self.topic}[{record.partition}]@{record.offset}: already dead-lettered by a tick "
                         "whose cursor was not saved; not sent again"
                     )
-                    result.dead_lettered += 1
-                    p.next, p.mark = record.offset + 1, record.fingerprint
-                    return True
-                self._dead_letter(record, str(bad))
-                if self.on_dead_letter is not None:
-                    self.on_dead_letter(record, str(bad), self.dlq_topic)
+                else:
+                    self._dead_letter(record, str(bad))
+                    if self.on_dead_letter is not None:
+                        self.on_dead_letter(record, str(bad), self.dlq_topic)
             except Exception as exc:
                 return self._stop(record, f"could not write to {self.dlq_topic}: {exc}", exc, result)
             result.dead_lettered += 1

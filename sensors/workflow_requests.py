@@ -85,6 +85,15 @@ def audit_dead_letter(
     postgres.audit(actor, DLQ_ACTION, None, record.topic, reason=reason[:1000], **detail)
 
 
+def dead_letter_hooks(postgres: PostgresResource, actor: str) -> dict[str, Any]:
+    """KafkaTopicReader's dead-letter callbacks for a sensor: each letter audited once written (the
+    durable count behind /metrics), and not written again when a re-read record is already audited."""
+    return {
+        "on_dead_letter": lambda record, reason, dlq: audit_dead_letter(postgres, actor, record, reason, dlq),
+        "already_dead_lettered": lambda record: dead_letter_recorded(postgres, record),
+    }
+
+
 def dead_letter_recorded(postgres: PostgresResource, record: KafkaRecord) -> bool:
     """Whether this very record was dead-lettered (and audited) before: a tick whose cursor was never
     saved (its daemon died mid-tick, the code server finished it) left its letters behind."""
@@ -238,9 +247,6 @@ class RequestIntake:
             raise BadRecord(f"inputs_ref {key!r} is not a JSON object")
         return data
 
-    def record_dead_letter(self, record: KafkaRecord, reason: str, dlq_topic: str) -> None:
-        audit_dead_letter(self.postgres, self.actor, record, reason, dlq_topic)
-
     def _record_queued(
         self, req: WorkflowRequest, version: str, trace_id: str, generated: bool, record: KafkaRecord
     ) -> None:
@@ -332,8 +338,7 @@ def make_workflow_request_sensor(
         reader = KafkaTopicReader(
             names.TOPIC_REQUESTS, kafka.consumer, kafka.producer, context.log,
             reader_config or ReaderConfig(wait_seconds=active.request_poll_seconds),
-            on_dead_letter=intake.record_dead_letter,
-            already_dead_lettered=lambda record: dead_letter_recorded(postgres, record),
+            **dead_letter_hooks(postgres, name),
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)
         context.log.info(

@@ -21,6 +21,9 @@ class FastQueuedRunCoordinator(QueuedRunCoordinator):
 
     def __init__(self, *args: Any, dequeue_interval_ms: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._set_dequeue_interval_ms(dequeue_interval_ms)
+
+    def _set_dequeue_interval_ms(self, dequeue_interval_ms: int | None) -> None:
         if dequeue_interval_ms is not None and not 50 <= dequeue_interval_ms <= 60_000:
             raise ValueError(
                 f"FastQueuedRunCoordinator: dequeue_interval_ms must be 50..60000, got {dequeue_interval_ms}"
@@ -48,15 +51,7 @@ class FastQueuedRunCoordinator(QueuedRunCoordinator):
     def from_config_value(
         cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
     ) -> FastQueuedRunCoordinator:
-        return cls(
-            inst_data=inst_data,
-            max_concurrent_runs=config_value.get("max_concurrent_runs"),
-            tag_concurrency_limits=config_value.get("tag_concurrency_limits"),
-            dequeue_interval_seconds=config_value.get("dequeue_interval_seconds"),
-            dequeue_use_threads=config_value.get("dequeue_use_threads"),
-            dequeue_num_workers=config_value.get("dequeue_num_workers"),
-            max_user_code_failure_retries=config_value.get("max_user_code_failure_retries"),
-            user_code_failure_retry_delay=config_value.get("user_code_failure_retry_delay"),
-            block_op_concurrency_limited_runs=config_value.get("block_op_concurrency_limited_runs"),
-            dequeue_interval_ms=config_value.get("dequeue_interval_ms"),
-        )
+        # The stock method builds `cls` from every stock field; only the ms field is ours.
+        coordinator = super().from_config_value(inst_data, config_value)
+        coordinator._set_dequeue_interval_ms(config_value.get("dequeue_interval_ms"))
+        return coordinator

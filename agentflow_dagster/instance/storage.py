@@ -132,7 +132,17 @@ def _once_true(check: Callable[..., bool], *, by_arg: bool = False) -> Callable[
     return cached
 
 
-class _PooledRunStorage(PostgresRunStorage):
+class _DisposesPool:
+    """Closes the shared pool when Dagster disposes the storage (DagsterInstance.dispose)."""
+
+    _engine: Any
+
+    def dispose(self) -> None:
+        super().dispose()  # type: ignore[misc]
+        self._engine.dispose()
+
+
+class _PooledRunStorage(_DisposesPool, PostgresRunStorage):
     # The stock class reflects the `runs` columns (several catalog queries) on every run-level event
     # and every get_run_records call: what the daemons and each run worker do most.
     has_run_stats_index_cols = _once_true(PostgresRunStorage.has_run_stats_index_cols)
@@ -141,27 +151,15 @@ class _PooledRunStorage(PostgresRunStorage):
     has_bulk_action_job_name_column = _once_true(PostgresRunStorage.has_bulk_action_job_name_column)
     has_backfill_tags_table = _once_true(PostgresRunStorage.has_backfill_tags_table)
 
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()
 
-
-class _PooledEventLogStorage(PostgresEventLogStorage):
+class _PooledEventLogStorage(_DisposesPool, PostgresEventLogStorage):
     has_asset_key_index_cols = _once_true(PostgresEventLogStorage.has_asset_key_index_cols)
 
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()
 
-
-class _PooledScheduleStorage(PostgresScheduleStorage):
+class _PooledScheduleStorage(_DisposesPool, PostgresScheduleStorage):
     # Every sensor tick reads and writes instigator state; the stock class reflects the table list
     # for each of those (twice) and queries the index table.
     has_instigators_table = _once_true(PostgresScheduleStorage.has_instigators_table)
     _has_instigators_table = _once_true(PostgresScheduleStorage._has_instigators_table)
     has_secondary_index_table = _once_true(PostgresScheduleStorage.has_secondary_index_table)
     has_built_index = _once_true(PostgresScheduleStorage.has_built_index, by_arg=True)
-
-    def dispose(self) -> None:
-        super().dispose()
-        self._engine.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterator
@@ -131,21 +132,22 @@ def test_a_record_dead_lettered_by_an_unsaved_tick_is_not_sent_twice(
 ) -> None:
     """A tick dead-letters and audits a record, but its cursor is never saved (daemon killed mid-tick):
     re-reading from the old cursor finds the audit row and writes no second letter."""
-    from sensors.workflow_requests import audit_dead_letter, dead_letter_recorded
+    from sensors.workflow_requests import dead_letter_hooks, dead_letter_recorded
 
     topic = new_topic(kafka)
     dlq_cursor = end_cursor(kafka, f"{topic}.dlq")
     produce(kafka, topic, [b"\xffbad0", b"ok1"])
 
+    bad_records: list[KafkaRecord] = []
+
     def handle(record: KafkaRecord) -> None:
         if record.value.startswith(b"\xff"):
+            bad_records.append(record)
             raise BadRecord("bad")
 
     def reader() -> KafkaTopicReader:
         return KafkaTopicReader(
-            topic, kafka.consumer, kafka.producer, LOG, FAST,
-            on_dead_letter=lambda r, why, dlq: audit_dead_letter(postgres, "test", r, why, dlq),
-            already_dead_lettered=lambda r: dead_letter_recorded(postgres, r),
+            topic, kafka.consumer, kafka.producer, LOG, FAST, **dead_letter_hooks(postgres, "test"),
         )  # fmt: skip
 
     first = reader().read(None, handle)  # its cursor is "lost"
@@ -154,9 +156,12 @@ def test_a_record_dead_lettered_by_an_unsaved_tick_is_not_sent_twice(
     assert again.cursor == first.cursor
     letters = read_all(kafka, f"{topic}.dlq", dlq_cursor)
     assert len(letters) == 1, "one letter for one bad record"
-    # Same coordinates, other record (a recreated log): not taken for the old letter.
     (bad,) = [DeadLetter.model_validate_json(r.value) for r in letters]
     assert bad.offset == 0
+    # Same coordinates, another record (a recreated log reuses offsets): not taken for the old letter.
+    assert dead_letter_recorded(postgres, bad_records[0])
+    other = dataclasses.replace(bad_records[0], value=b"\xffother", timestamp=bad_records[0].timestamp + 1)
+    assert not dead_letter_recorded(postgres, other)
 
 
 def test_handler_failure_stops_before_the_record_and_retries_it(kafka: KafkaResource) -> None:
