@@ -214,7 +214,7 @@ def run_agent(
         usage.attempts += result.attempts
         usage.input_tokens += result.input_tokens
         usage.output_tokens += result.output_tokens
-        usage.cost_usd += result.cost_usd
+        usage.cost_usd += result.cost_usd or 0.0  # priced calls only; llm_calls keeps NULL for unknown
         usage.latency_ms += result.latency_ms
         waits.extend(result.waits)
         try:

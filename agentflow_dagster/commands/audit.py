@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from agentflow_dagster import names
 from agentflow_dagster.commands.observability import _postgres_url
 from agentflow_dagster.db import make_engine
-from agentflow_dagster.observability.timeline import _rows, load_timeline
+from agentflow_dagster.observability.timeline import _rows, load_timeline, usd
 from agentflow_dagster.settings import get_settings
 
 # How the agent runner delimits retrieved passages in a prompt (agents/runner.render_untrusted).
@@ -385,7 +385,7 @@ def render_audit(doc: dict[str, Any]) -> str:
         lines.append(
             f"  {c['created_at']}  {c['provider']}/{c['model']}  task {c['task_id']} attempt {c['attempt']}  "
             f"tokens {c['input_tokens']}/{c['output_tokens']}  {c['latency_ms'] or 0:.0f}ms"
-            f"{' cache-hit' if c['cache_hit'] else ''}"
+            f"  cost {usd(c['cost_usd'])}{' cache-hit' if c['cache_hit'] else ''}"
             + (f"  eval {score}" if score else "")
             + (f"  {refs}" if refs else "")
             + (f"  error: {c['error'][:160]}" if c["error"] else "")

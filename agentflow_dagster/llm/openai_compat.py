@@ -72,10 +72,26 @@ class _Retryable(Exception):
         self.response = response
 
 
+# gen_ai.provider.name well-known values (OpenTelemetry GenAI conventions) by API host.
+_PROVIDER_BY_HOST = {
+    "api.openai.com": "openai",
+    "api.groq.com": "groq",
+    "api.deepseek.com": "deepseek",
+    "api.mistral.ai": "mistral_ai",
+    "api.x.ai": "x_ai",
+    "api.perplexity.ai": "perplexity",
+}
+
+
 def provider_label(base_url: str) -> str:
-    """`openai` for api.openai.com, else `openai-compatible:<host>`."""
+    """The gen_ai.provider.name for an endpoint: a known host's name, else `openai` (the API spoken).
+
+    The host itself is reported as `server.address`, never folded into the provider name.
+    """
     host = urlparse(base_url).hostname or base_url
-    return "openai" if host == "api.openai.com" else f"openai-compatible:{host}"
+    if host.endswith(".openai.azure.com"):
+        return "azure.ai.openai"
+    return _PROVIDER_BY_HOST.get(host, "openai")
 
 
 # The openai client (3.x) runs on httpx2: its hooks and streams are httpx2 types.
@@ -135,9 +151,11 @@ class OpenAICompatProvider:
         prices: Mapping[str, Sequence[float]] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         seed: int | None = None,
+        provider_name: str = "",
     ):
         self.base_url = base_url
-        self.name = provider_label(base_url)
+        self.name = provider_name or provider_label(base_url)
+        self.server_address = urlparse(base_url).hostname
         self.timeout_s = timeout_s
         self.policy = policy or BackoffPolicy()
         self.response_format = response_format
@@ -221,12 +239,13 @@ class OpenAICompatProvider:
                     )
             started = time.monotonic()
             record = CallAttempt(self.name, request.model, request.messages, attempt, 0.0)
+            record.server_address = self.server_address
             retry_after: float | None = None
             try:
                 content, tokens_in, tokens_out, finish, model = self._attempt(request, timeout)
                 record.response, record.finish_reason, record.model = content, finish, model
                 record.input_tokens, record.output_tokens = tokens_in, tokens_out
-                record.cost_usd = cost_usd(model, tokens_in, tokens_out, self.prices)
+                record.cost_usd = cost_usd(model, tokens_in, tokens_out, self.prices, self.name)
                 if request.json_schema is not None:
                     try:
                         if not isinstance(extract_json(content), dict):

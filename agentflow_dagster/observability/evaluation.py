@@ -183,6 +183,32 @@ def evaluate_call(
     }
 
 
+def evaluation_results(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """One call's scores as GenAI evaluation results (name, score, label, explanation).
+
+    Only schema validity gets a label (`pass`/`fail`); the lexical and cosine scores are measurements
+    with no threshold behind them, so they carry a score and the method as explanation, never a verdict.
+    """
+    out: list[dict[str, Any]] = []
+    if evaluation.get("schema_valid") is not None:
+        valid = bool(evaluation["schema_valid"])
+        out.append(
+            {
+                "name": "schema_validity",
+                "score": 1.0 if valid else 0.0,
+                "label": "pass" if valid else "fail",
+                "explanation": evaluation.get("schema_error"),
+            }
+        )
+    for name, method in (("groundedness", "groundedness_method"), ("answer_relevance", "relevance_method")):
+        if evaluation.get(name) is not None:
+            explanation = str(evaluation.get(method) or "")
+            if name == "groundedness":
+                explanation += f" over {evaluation.get('grounded_on_passages', 0)} passages"
+            out.append({"name": name, "score": float(evaluation[name]), "explanation": explanation})
+    return out
+
+
 def summarize(evaluations: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Workflow-level view: share of schema-valid answers, mean groundedness and relevance over calls."""
     rows = [e for e in evaluations if e]

@@ -14,7 +14,7 @@ from agentflow_dagster.llm.types import CallAttempt
 from agentflow_dagster.names import BUCKET_ARTIFACTS
 from agentflow_dagster.observability import tracing
 from agentflow_dagster.observability.config import ObservabilitySettings
-from agentflow_dagster.observability.evaluation import Embed, evaluate_call
+from agentflow_dagster.observability.evaluation import Embed, evaluate_call, evaluation_results
 from agentflow_dagster.observability.redaction import Redactor, redactor_from_settings
 
 _INSERT = sa.text(
@@ -219,6 +219,13 @@ class ObservedCallRecorder:
         counts: dict[str, int] = {}
         prompt, response = self._content(attempt, counts)
         capture = self.settings.capture_message_content and self.settings.llm_content_mode != "none"
+        evaluation = evaluate_call(
+            attempt.response if attempt.error is None else None,
+            schema=self.schema,
+            question=self.question,
+            context=list(self.context.texts),
+            embed=self.embed,
+        )
         sp = tracing.chat_span_record(
             provider=attempt.provider,
             request_model=attempt.model,
@@ -233,18 +240,13 @@ class ObservedCallRecorder:
             attempt=attempt.attempt,
             input_messages=prompt if capture else None,
             output_text=response if capture else None,
+            server_address=attempt.server_address,
+            evaluations=evaluation_results(evaluation),
         )
         trace_id, span_id = tracing.ids_of(sp)
         prompt_json = json.dumps(prompt, ensure_ascii=False) if prompt is not None else None
         prompt_ref = self._offload("prompt.json", prompt_json.encode(), span_id) if prompt_json else None
         response_ref = self._offload("response.txt", response.encode(), span_id) if response else None
-        evaluation = evaluate_call(
-            attempt.response if attempt.error is None else None,
-            schema=self.schema,
-            question=self.question,
-            context=list(self.context.texts),
-            embed=self.embed,
-        )
         with self.engine.begin() as conn:
             row = conn.execute(
                 sa.text(_INSERT.text + " RETURNING id"),

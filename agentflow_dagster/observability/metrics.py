@@ -34,6 +34,17 @@ TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TASK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 E2E_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# One row per (call, evaluation name) with its score, from llm_calls.evaluation.
+EVALUATION_SQL = " UNION ALL ".join(
+    f"SELECT model, '{name}' AS name, {expr} AS score FROM llm_calls WHERE evaluation ? '{key}'"
+    for name, key, expr in (
+        ("schema_validity", "schema_valid", "CASE (evaluation->>'schema_valid')::boolean WHEN true THEN 1.0 "
+         "WHEN false THEN 0.0 END"),
+        ("groundedness", "groundedness", "(evaluation->>'groundedness')::float"),
+        ("answer_relevance", "answer_relevance", "(evaluation->>'answer_relevance')::float"),
+    )
+)  # fmt: skip
 DLQ_ACTION = "event.dead_lettered"
 SENSOR_TOPICS = {
     "workflow_request_sensor": names.TOPIC_REQUESTS,
@@ -202,7 +213,9 @@ class AgentflowCollector(Collector):
                 )
             )
             calls = CounterMetricFamily(
-                "agentflow_llm_calls", "LLM call attempts", labels=["model", "provider"]
+                "agentflow_llm_calls",
+                "LLM call attempts",
+                labels=["gen_ai_request_model", "gen_ai_provider_name"],
             )
             for model, provider, n in conn.execute(
                 sa.text("SELECT model, provider, count(*) FROM llm_calls GROUP BY model, provider")
@@ -210,13 +223,38 @@ class AgentflowCollector(Collector):
                 calls.add_metric([model, provider], n)
             out.append(calls)
             cost = CounterMetricFamily(
-                "agentflow_llm_cost_usd", "LLM cost from the price table", labels=["model"]
+                "agentflow_llm_cost_usd",
+                "LLM cost of the calls whose model has a known price",
+                labels=["gen_ai_request_model"],
             )
-            for model, usd in conn.execute(
-                sa.text("SELECT model, COALESCE(sum(cost_usd), 0) FROM llm_calls GROUP BY model")
+            unpriced = CounterMetricFamily(
+                "agentflow_llm_unpriced_calls",
+                "Answered LLM calls whose model has no known price (their cost is unknown, not 0)",
+                labels=["gen_ai_request_model"],
+            )
+            for model, usd, n_unpriced in conn.execute(
+                sa.text(
+                    "SELECT model, sum(cost_usd), count(*) FILTER (WHERE cost_usd IS NULL AND error IS NULL) "
+                    "FROM llm_calls GROUP BY model"
+                )
             ):
-                cost.add_metric([model], float(usd))
-            out.append(cost)
+                if usd is not None:  # a model never priced gets no cost series at all
+                    cost.add_metric([model], float(usd))
+                unpriced.add_metric([model], n_unpriced)
+            out += [cost, unpriced]
+            out.append(
+                _histogram(
+                    conn,
+                    "agentflow_llm_evaluation_score",
+                    "Per-call evaluation scores (gen_ai.evaluation.result events): schema_validity 0/1, "
+                    "groundedness and answer_relevance in [0, 1]",
+                    ["model", "name"],
+                    "score",
+                    f"FROM ({EVALUATION_SQL}) AS e WHERE score IS NOT NULL",
+                    SCORE_BUCKETS,
+                    ["gen_ai_request_model", "gen_ai_evaluation_name"],
+                )
+            )
         return out
 
     def _dagster(self) -> Iterable[Metric]:

@@ -56,6 +56,8 @@ def load_timeline(engine: sa.Engine, plan_id: str) -> dict[str, Any] | None:
         "input_tokens": sum(c["input_tokens"] or 0 for c in calls),
         "output_tokens": sum(c["output_tokens"] or 0 for c in calls),
         "cost_usd": round(sum(c["cost_usd"] or 0.0 for c in calls), 6),
+        # Answered calls of a model with no known price: their cost is unknown, not $0.
+        "unpriced_calls": sum(1 for c in calls if c["cost_usd"] is None and not c["error"]),
         "llm_latency_ms": round(sum(c["latency_ms"] or 0.0 for c in calls), 1),
         "task_attempts": len(tasks),
         "task_failures": sum(1 for t in tasks if t["status"] == "failed"),
@@ -73,6 +75,14 @@ def _at(value: str | None, origin: datetime | None) -> str:
     if value is None or origin is None:
         return "       -"
     return f"{(datetime.fromisoformat(value) - origin).total_seconds():+8.2f}s"
+
+
+def usd(cost: float | None, unpriced: int = 0, answered: int = 0) -> str:
+    """A cost for people: `unknown` when no price is known, never a made-up $0."""
+    if cost is None or (answered and unpriced == answered):
+        return "unknown (no price for the model)"
+    more = f" + unknown for {unpriced} unpriced calls" if unpriced else ""
+    return f"${float(cost):.6f}{more}"
 
 
 def render_timeline(doc: dict[str, Any]) -> str:
@@ -118,7 +128,7 @@ def render_timeline(doc: dict[str, Any]) -> str:
                 f"  {_at(c['created_at'], origin)}    llm {c['provider']}/{c['model']} task {c['task_id']} "
                 f"attempt {c['attempt']} {c['latency_ms'] or 0:.0f}ms tokens "
                 f"{c['input_tokens']}/{c['output_tokens']} "
-                f"${float(c['cost_usd'] or 0):.6f} finish={c['finish_reason']}{score}{err}",
+                f"{usd(c['cost_usd'])} finish={c['finish_reason']}{score}{err}",
             )
         )
     lines += [text for _, text in sorted(events, key=lambda e: e[0])]
@@ -131,7 +141,8 @@ def render_timeline(doc: dict[str, Any]) -> str:
         f"totals: {t['task_attempts']} task attempts ({t['task_failures']} failed), {t['llm_calls']} LLM "
         f"calls "
         f"({t['llm_errors']} errors), tokens {t['input_tokens']} in / {t['output_tokens']} out, "
-        f"cost ${t['cost_usd']:.6f}, LLM time {t['llm_latency_ms']:.0f}ms"
+        f"cost {usd(t['cost_usd'], t['unpriced_calls'], t['llm_calls'] - t['llm_errors'])}, "
+        f"LLM time {t['llm_latency_ms']:.0f}ms"
     )
     e = doc["evaluation"]
     lines.append(

@@ -320,13 +320,20 @@ def chat_span_record(
     attempt: int,
     input_messages: list[dict[str, str]] | None = None,
     output_text: str | None = None,
+    server_address: str | None = None,
+    evaluations: Sequence[Mapping[str, Any]] = (),
 ) -> Span:
-    """A finished `chat {model}` span for one completed attempt, back-dated by its measured latency."""
+    """A finished `chat {model}` span for one completed attempt, back-dated by its measured latency.
+
+    Each of `evaluations` becomes a `gen_ai.evaluation.result` event on the span (GenAI conventions:
+    gen_ai.evaluation.name, .score.value, .score.label, .explanation), where Phoenix and Langfuse look.
+    """
     end = time.time_ns()
     start = end - int(latency_ms * 1_000_000)
     attrs = _attrs(
         gen_ai__operation__name="chat",
         gen_ai__provider__name=provider,
+        server__address=server_address,
         gen_ai__request__model=request_model,
         gen_ai__response__model=response_model,
         gen_ai__usage__input_tokens=input_tokens,
@@ -349,5 +356,16 @@ def chat_span_record(
     if error:
         current.set_attribute("error.type", error.split(":", 1)[0][:80])
         current.set_status(Status(StatusCode.ERROR, error[:500]))
+    for ev in evaluations:
+        current.add_event(
+            "gen_ai.evaluation.result",
+            _attrs(
+                gen_ai__evaluation__name=ev["name"],
+                gen_ai__evaluation__score__value=ev.get("score"),
+                gen_ai__evaluation__score__label=ev.get("label"),
+                gen_ai__evaluation__explanation=ev.get("explanation"),
+            ),
+            timestamp=end,
+        )
     current.end(end_time=end)
     return current

@@ -45,7 +45,7 @@ def test_normal_answer(server: LLMTestServer) -> None:
     Plan.model_validate_json(result.content)
     assert (result.attempts, result.input_tokens, result.output_tokens) == (1, 100, 20)
     assert result.finish_reason == "stop" and result.model == "test-model"
-    assert result.provider == "openai-compatible:127.0.0.1"
+    assert result.provider == "openai" and records[0].server_address == "127.0.0.1"
     assert sleeps == [] and server.count() == 1 and len(records) == 1
     assert server.requests[0]["response_format"]["type"] == "json_schema"
 

@@ -123,12 +123,12 @@ def test_shipped_workflows_on_the_test_server(
         result = execute(JOBS[name], spec, req, resources)
         assert result.success, name
         output = result.output_for_node("workflow_result")
-        assert not output["offline"] and output["providers"] == ["openai-compatible:127.0.0.1"]
+        assert not output["offline"] and output["providers"] == ["openai"]
         calls = rows(
             engine, "SELECT provider, model, cost_usd FROM llm_calls WHERE plan_id = :p", p=req.plan_id
         )
         assert len(calls) == llm_server.count() - before
-        assert {c.provider for c in calls} == {"openai-compatible:127.0.0.1"}
+        assert {c.provider for c in calls} == {"openai"}
     # The research fan-out called the server once per sub-question (the server plans two).
     assert llm_server.count(_system_prompt_has("You are a researcher")) == 2
 

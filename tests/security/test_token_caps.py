@@ -16,7 +16,7 @@ from agentflow_dagster.agents.runner import (
     run_agent,
 )
 from agentflow_dagster.llm.openai_compat import BackoffPolicy, OpenAICompatProvider
-from agentflow_dagster.llm.recorder import PostgresCallRecorder
+from agentflow_dagster.observability.llm_records import ObservedCallRecorder
 from agentflow_dagster.settings import get_settings
 from ops.budget import WorkflowTokenBudget
 from tests.support.llm_server import LLMTestServer
@@ -44,7 +44,7 @@ def test_every_call_carries_its_completion_cap(llm_server: LLMTestServer) -> Non
 
 def test_an_oversized_prompt_is_refused_before_any_call(llm_server: LLMTestServer) -> None:
     role = get_agent("summarizer")
-    document = "word " * (role.max_prompt_tokens * 4 // 5 + 100)  # ~4 characters a token
+    document = "word " * (role.max_prompt_tokens + 100)  # one cl100k token per repeated word
     with pytest.raises(AgentBudgetError, match="exceeds its input cap") as info:
         run_agent(role, {"document": document}, provider=_provider(llm_server), model="m")
     assert llm_server.count() == 0 and not info.value.retryable
@@ -58,13 +58,13 @@ def test_the_workflow_budget_refuses_the_call_that_would_exceed_it(
     upcoming = prompt_tokens(build_messages(role, inputs, None)) + 64
     # Room for one call (worst case `upcoming`), not for a second after it spent TOKENS_PER_CALL.
     budget = WorkflowTokenBudget(engine, plan, cap=upcoming + TOKENS_PER_CALL - 1)
-    recorder = PostgresCallRecorder(engine, plan, "classify", "run-1")
+    recorder = ObservedCallRecorder(engine, plan, "classify", "run-1")
     kwargs = {"provider": _provider(llm_server), "model": "m", "recorder": recorder, "max_output_tokens": 64}
     run_agent(role, inputs, budget=budget, **kwargs)  # type: ignore[arg-type]
     assert budget.used() == TOKENS_PER_CALL
 
     # Rows of other plans and cache hits do not count against this plan.
-    PostgresCallRecorder(engine, f"plan-{uuid.uuid4().hex[:20]}", "t", "r")(_attempt(10_000))
+    ObservedCallRecorder(engine, f"plan-{uuid.uuid4().hex[:20]}", "t", "r")(_attempt(10_000))
     with engine.begin() as conn:
         conn.execute(
             sa.text(
@@ -92,7 +92,7 @@ def test_schema_re_asks_are_checked_against_the_budget_too(
     role, inputs = get_agent("classifier"), {"message": "x"}
     upcoming = prompt_tokens(build_messages(role, inputs, None)) + 64
     budget = WorkflowTokenBudget(engine, plan, cap=upcoming + TOKENS_PER_CALL + 10)
-    recorder = PostgresCallRecorder(engine, plan, "classify", "run-1")
+    recorder = ObservedCallRecorder(engine, plan, "classify", "run-1")
     with pytest.raises(AgentBudgetError) as info:
         run_agent(
             role, inputs, provider=_provider(llm_server), model="m", recorder=recorder,
