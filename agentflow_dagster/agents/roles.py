@@ -48,6 +48,7 @@ class AgentRole:
     # over the input cap (estimated tokens) is refused before anything is sent.
     max_output_tokens: int = 1024
     max_prompt_tokens: int = 16_000
+    max_tool_rounds: int = 4  # rounds of tool calls before the model must answer
 
     def __post_init__(self) -> None:
         unknown = self.tools - KNOWN_TOOLS

@@ -25,6 +25,7 @@ from agentflow_dagster.llm.types import (
     LLMError,
     LLMExhaustedError,
     Recorder,
+    ToolCall,
     estimate_tokens,
     extract_json,
 )
@@ -185,13 +186,17 @@ class OpenAICompatProvider:
             "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
         }
 
-    def _attempt(self, request: ChatRequest, timeout: float) -> tuple[str, int, int, str, str]:
+    def _attempt(
+        self, request: ChatRequest, timeout: float
+    ) -> tuple[str, int, int, str, str, list[ToolCall]]:
         kwargs: dict[str, Any] = {"model": request.model, "messages": request.messages, "timeout": timeout}
         kwargs["temperature"] = request.temperature
         if request.max_tokens:
             kwargs["max_tokens"] = request.max_tokens
         if (fmt := self._format(request)) is not None:
             kwargs["response_format"] = fmt
+        if request.tools:
+            kwargs["tools"] = request.tools
         try:
             resp = self.client.chat.completions.create(**kwargs)
         except openai.RateLimitError as exc:
@@ -220,8 +225,13 @@ class OpenAICompatProvider:
         finish = choice.finish_reason or "unknown"
         usage = resp.usage
         tokens_in = usage.prompt_tokens if usage else estimate_tokens(json.dumps(request.messages))
+        calls = [
+            ToolCall(c.id, c.function.name, c.function.arguments or "")
+            for c in choice.message.tool_calls or []
+            if getattr(c, "function", None) is not None  # custom (non-function) tools are never offered
+        ]
         tokens_out = usage.completion_tokens if usage else estimate_tokens(content)
-        return content, tokens_in, tokens_out, finish, resp.model or request.model
+        return content, tokens_in, tokens_out, finish, resp.model or request.model, calls
 
     def chat(self, request: ChatRequest, recorder: Recorder | None = None) -> ChatResult:
         """Complete `request`, retrying 429/5xx/timeouts/invalid JSON within the policy's bounds."""
@@ -242,11 +252,13 @@ class OpenAICompatProvider:
             record.server_address = self.server_address
             retry_after: float | None = None
             try:
-                content, tokens_in, tokens_out, finish, model = self._attempt(request, timeout)
+                content, tokens_in, tokens_out, finish, model, calls = self._attempt(request, timeout)
                 record.response, record.finish_reason, record.model = content, finish, model
+                if calls and not content:  # llm_calls shows what the model asked for
+                    record.response = json.dumps({"tool_calls": [c.message_part() for c in calls]})
                 record.input_tokens, record.output_tokens = tokens_in, tokens_out
                 record.cost_usd = cost_usd(model, tokens_in, tokens_out, self.prices, self.name)
-                if request.json_schema is not None:
+                if request.json_schema is not None and not calls:
                     try:
                         if not isinstance(extract_json(content), dict):
                             raise ValueError("the answer is JSON but not an object")
@@ -277,6 +289,7 @@ class OpenAICompatProvider:
                     attempts=attempt,
                     cost_usd=record.cost_usd,
                     waits=waited,
+                    tool_calls=calls,
                 )
             if attempt == self.policy.max_attempts:
                 break

@@ -17,11 +17,31 @@ OFFLINE_MODEL = "offline-extractive-v1"
 _FENCE_RE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call the model asked for: its id, the tool's name and the arguments as the JSON text sent."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def message_part(self) -> dict[str, Any]:
+        """The entry of an assistant message's `tool_calls` that replays this call to the model."""
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
 @dataclass
 class ChatRequest:
-    """One chat request; `grounding` (task inputs, retrieved hits) is read by the offline provider only."""
+    """One chat request; `grounding` (task inputs, retrieved hits) is read by the offline provider only.
 
-    messages: list[dict[str, str]]
+    `tools` are chat-completions function tools offered to the model (None: none are offered).
+    """
+
+    messages: list[dict[str, Any]]
     model: str
     json_schema: dict[str, Any] | None = None
     schema_name: str = "output"
@@ -29,6 +49,7 @@ class ChatRequest:
     temperature: float = 0.0
     max_tokens: int | None = None
     deadline: float | None = None  # time.monotonic() value after which no new attempt starts
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -45,6 +66,7 @@ class ChatResult:
     attempts: int
     cost_usd: float | None = 0.0  # None: the model has no known price (never shown as $0)
     waits: list[float] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass
@@ -53,7 +75,7 @@ class CallAttempt:
 
     provider: str
     model: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     attempt: int
     latency_ms: float
     response: str | None = None

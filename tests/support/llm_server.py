@@ -16,11 +16,14 @@ from typing import Any
 class Action:
     """What the server does with one request."""
 
-    kind: str  # ok | status | slow | trickle | invalid_json | truncated | bad_schema | broken_body
+    kind: (
+        str  # ok | status | slow | trickle | invalid_json | truncated | bad_schema | broken_body | tool_calls
+    )
     status: int = 200
     retry_after: str | None = None
     delay_s: float = 0.0
     content: str | None = None
+    calls: tuple[tuple[str, str], ...] = ()  # (tool name, arguments JSON text) for `tool_calls`
 
 
 def ok(content: str | None = None) -> Action:
@@ -60,6 +63,13 @@ def truncated() -> Action:
 def bad_schema() -> Action:
     """200 with JSON that does not validate against the agent's schema."""
     return Action("bad_schema")
+
+
+def tool_calls(*calls: tuple[str, dict[str, Any] | str]) -> Action:
+    """200 whose assistant message asks for these tools (name, arguments; a str is sent verbatim)."""
+    return Action(
+        "tool_calls", calls=tuple((n, a if isinstance(a, str) else json.dumps(a)) for n, a in calls)
+    )
 
 
 def broken_body() -> Action:
@@ -198,6 +208,22 @@ class LLMTestServer:
                     answer, finish = answer[: max(1, len(answer) // 2)], "length"
                 elif action.kind == "bad_schema":
                     answer = json.dumps({"unexpected": "shape"})
+                message: dict[str, Any] = {"role": "assistant", "content": answer}
+                if action.kind == "tool_calls":
+                    n = len(server.requests)
+                    message = {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": f"call_{n}_{i}",
+                                "type": "function",
+                                "function": {"name": a, "arguments": b},
+                            }
+                            for i, (a, b) in enumerate(action.calls)
+                        ],
+                    }
+                    finish = "tool_calls"
                 payload = {
                     "id": f"chatcmpl-{len(server.requests)}",
                     "object": "chat.completion",
@@ -206,7 +232,7 @@ class LLMTestServer:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": answer},
+                            "message": message,
                             "finish_reason": finish,
                         }
                     ],

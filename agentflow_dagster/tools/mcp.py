@@ -1,0 +1,198 @@
+"""MCP tool servers from agentflow.yaml (stdio command or streamable HTTP URL) through the official `mcp` SDK.
+
+Each call opens its own client session: run workers are forked processes, and a session (a child
+process or an HTTP stream) held across a fork would be shared by accident. Listing happens once, when
+the project loads; a server that cannot be listed fails the load with its name and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import mcp
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from agentflow_dagster.tools.decorator import (
+    IDEMPOTENCY_KEY,
+    SideEffects,
+    Tool,
+    ToolArgumentError,
+    ToolDefinitionError,
+    ToolExecutionError,
+)
+
+# Sent in the request `_meta` of every call to an `external` MCP tool.
+IDEMPOTENCY_META_KEY = "agentflow/idempotency_key"
+_SERVER_NAME_RE = r"^[a-z][a-z0-9_-]{0,63}$"
+
+
+class McpServerConfig(BaseModel):
+    """One entry of `mcp_servers` in agentflow.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_SERVER_NAME_RE)
+    command: list[str] | None = Field(default=None, description="stdio server: the argv to launch")
+    url: str | None = Field(default=None, description="streamable HTTP endpoint, e.g. http://host:8000/mcp")
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    prefix: str = Field(default="", description="prepended to each tool name (avoids clashes)")
+    tools: list[str] | None = Field(default=None, description="only these tools of the server (default all)")
+    side_effects: dict[str, SideEffects] = Field(
+        default_factory=dict, description="per tool; default from the server's hints, else external"
+    )
+    requires_approval: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerConfig:
+        if (self.command is None) == (self.url is None):
+            raise ValueError(
+                f"MCP server {self.name!r}: set exactly one of `command` (stdio) or `url` (HTTP)"
+            )
+        if self.command is not None and not self.command:
+            raise ValueError(f"MCP server {self.name!r}: `command` is empty; give the argv to launch")
+        return self
+
+    def target(self) -> mcp.StdioServerParameters | str:
+        """What `mcp.Client` connects to."""
+        if self.url is not None:
+            return self.url
+        assert self.command is not None
+        return mcp.StdioServerParameters(
+            command=self.command[0], args=self.command[1:], env=self.env or None, cwd=self.cwd
+        )
+
+    @property
+    def where(self) -> str:
+        return f"mcp:{self.name} ({self.url or ' '.join(self.command or [])})"
+
+
+def side_effects_of(annotations: ToolAnnotations | None) -> SideEffects:
+    """From the server's hints: read-only is `none`, idempotent is `idempotent`; anything else `external`."""
+    if annotations is not None and annotations.read_only_hint:
+        return "none"
+    if annotations is not None and annotations.idempotent_hint:
+        return "idempotent"
+    return "external"  # the conservative reading of a tool that says nothing
+
+
+@dataclass(frozen=True, kw_only=True)
+class McpTool(Tool):
+    """A tool listed by an MCP server; arguments are checked against its input schema before any call."""
+
+    server: McpServerConfig
+    remote_name: str
+    input_schema: dict[str, Any]
+
+    def validate(self, arguments: Any) -> dict[str, Any]:
+        errors = sorted(
+            jsonschema.Draft202012Validator(self.parameters).iter_errors(arguments),
+            key=lambda e: list(e.path),
+        )
+        if errors:
+            raise ToolArgumentError(
+                "; ".join(f"{'.'.join(map(str, e.path)) or '(root)'}: {e.message}" for e in errors[:8])
+            )
+        assert isinstance(arguments, dict)
+        return arguments
+
+    def invoke(self, arguments: dict[str, Any], idempotency_key: str | None, timeout_s: float | None) -> Any:
+        args = dict(arguments)
+        if IDEMPOTENCY_KEY in self.input_schema.get("properties", {}):
+            args[IDEMPOTENCY_KEY] = idempotency_key
+        external = idempotency_key and self.side_effects == "external"
+        meta = {IDEMPOTENCY_META_KEY: idempotency_key} if external else None
+        timeout = min(self.server.timeout_s, timeout_s) if timeout_s else self.server.timeout_s
+        try:
+            result = asyncio.run(self._call(args, meta, timeout))
+        except ToolExecutionError:
+            raise
+        except Exception as exc:
+            raise ToolExecutionError(f"{self.server.where}: {type(exc).__name__}: {exc}") from exc
+        return result_value(result, self.remote_name)
+
+    async def _call(
+        self, args: dict[str, Any], meta: dict[str, Any] | None, timeout: float
+    ) -> CallToolResult:
+        async with mcp.Client(self.server.target(), read_timeout_seconds=timeout) as client:
+            return await asyncio.wait_for(
+                client.call_tool(self.remote_name, args, read_timeout_seconds=timeout, meta=meta),  # type: ignore[arg-type]
+                timeout + 5,
+            )
+
+
+def result_value(result: CallToolResult, tool: str) -> Any:
+    """Structured content when the server gives it, else the text of its content blocks."""
+    texts = [b.text for b in result.content if isinstance(b, TextContent)]
+    if result.is_error:
+        raise ToolExecutionError(f"MCP tool {tool!r} reported an error: {' '.join(texts)[:500]}")
+    if result.structured_content is not None:
+        return result.structured_content
+    others = [b.type for b in result.content if not isinstance(b, TextContent)]
+    return {"text": "\n".join(texts), **({"other_content": others} if others else {})}
+
+
+def _model_schema(input_schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema the model is sent: the server's, without the idempotency key the platform supplies."""
+    schema = copy.deepcopy(input_schema) or {"type": "object", "properties": {}}
+    schema.get("properties", {}).pop(IDEMPOTENCY_KEY, None)
+    if IDEMPOTENCY_KEY in schema.get("required", []):
+        schema["required"] = [r for r in schema["required"] if r != IDEMPOTENCY_KEY]
+    return schema
+
+
+async def _list(server: McpServerConfig) -> list[Any]:
+    async with mcp.Client(server.target(), read_timeout_seconds=server.timeout_s) as client:
+        listed = await asyncio.wait_for(client.list_tools(), server.timeout_s + 5)
+        return list(listed.tools)
+
+
+def list_server_tools(server: McpServerConfig) -> list[McpTool]:
+    """The tools of one server as registry entries; raises ToolDefinitionError naming the server."""
+    try:
+        listed = asyncio.run(_list(server))
+    except Exception as exc:
+        raise ToolDefinitionError(
+            f"{server.where}: listing its tools failed ({type(exc).__name__}: {exc}); check that the "
+            "command runs (or the URL answers) and speaks MCP"
+        ) from exc
+    names = {t.name for t in listed}
+    wanted = server.tools if server.tools is not None else sorted(names)
+    missing = [n for n in [*wanted, *server.side_effects, *server.requires_approval] if n not in names]
+    if missing:
+        raise ToolDefinitionError(
+            f"{server.where}: agentflow.yaml names tools the server does not list: {sorted(set(missing))}; "
+            f"it lists {sorted(names)}"
+        )
+    tools = []
+    for remote in listed:
+        if remote.name not in wanted:
+            continue
+        name = server.prefix + re.sub(r"[^a-zA-Z0-9_-]", "_", remote.name)
+        side = server.side_effects.get(remote.name) or side_effects_of(remote.annotations)
+        tools.append(
+            McpTool(
+                name=name,
+                description=remote.description or remote.title or remote.name,
+                parameters=_model_schema(remote.input_schema),
+                side_effects=side,
+                requires_approval=remote.name in server.requires_approval,
+                source=f"{server.where} tool {remote.name!r}",
+                server=server,
+                remote_name=remote.name,
+                input_schema=remote.input_schema,
+            )
+        )
+    return tools
+
+
+def load_mcp_tools(servers: list[McpServerConfig]) -> list[McpTool]:
+    """Every tool of every configured server, in configuration order."""
+    return [t for server in servers for t in list_server_tools(server)]
