@@ -10,7 +10,7 @@ import dagster as dg
 from agentflow_dagster.settings import Settings
 from resources.embeddings import EmbeddingsResource
 from resources.kafka import KafkaResource
-from resources.llm import LLMResource
+from resources.llm import DEFAULT_MODELS, LLMResource
 from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
 from resources.redis import RedisResource
@@ -34,20 +34,37 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         "kafka": KafkaResource(
             bootstrap_servers=settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.kafka_port}"
         ),
+        # Always S3: AGENTFLOW_S3_ENDPOINT, else the embedded SeaweedFS with the keys `agentflow up` made.
         "object_store": ObjectStoreResource(
-            local_dir=str(data / "objects"),
-            endpoint=settings.s3_endpoint or "",
+            endpoint=settings.s3_endpoint or f"127.0.0.1:{settings.s3_port}",
             access_key=_secret("AGENTFLOW_S3_ACCESS_KEY"),
             secret_key=_secret("AGENTFLOW_S3_SECRET_KEY"),
+            credentials_file="" if settings.s3_endpoint else str(data / "seaweedfs" / "credentials.json"),
             secure=settings.s3_secure,
         ),
         # No endpoint configured: the labelled offline-extractive provider answers instead.
         "llm": LLMResource(
             base_url=_secret("OPENAI_BASE_URL") or (settings.openai_base_url or ""),
             api_key=_secret("OPENAI_API_KEY"),
+            models={"default": settings.llm_model} if settings.llm_model else dict(DEFAULT_MODELS),
+            response_format=settings.llm_response_format,
         ),
         **rag_resources(settings, postgres_url),
     }
+
+
+def llm_resource(settings: Settings) -> LLMResource:
+    """The LLM resource: endpoint and key from OPENAI_*, models from the project and AGENTFLOW_MODEL."""
+    from agentflow_dagster.project import current_project
+
+    config = current_project().config
+    return LLMResource(
+        base_url=_secret("OPENAI_BASE_URL") or (settings.openai_base_url or ""),
+        api_key=_secret("OPENAI_API_KEY"),
+        models={**DEFAULT_MODELS, **config.models},
+        default_model=config.model or "",
+        model_override=settings.model or "",
+    )
 
 
 def rag_resources(settings: Settings, postgres_url: str) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,9 @@ class Settings(BaseSettings):
     kafka_port: int = 59092
     webserver_port: int = 3000
     metrics_port: int = 9464
+    # The embedded SeaweedFS: S3 on this port, its master/volume/filer on the next three, and each of the
+    # four + 10000 for gRPC (so all must stay below 55535).
+    s3_port: int = Field(default=48333, ge=1024, le=55531)
 
     kafka_partitions: int = 4
     max_event_bytes: int = 256 * 1024
@@ -44,12 +48,25 @@ class Settings(BaseSettings):
     # The request sensor's long poll: an idle tick keeps reading for this long (sensors/kafka_reader.py).
     request_poll_seconds: float = Field(default=3.0, ge=0, le=15)
 
+    # The model every agent uses unless it names its own (overrides the project's profiles).
+    model: str | None = None
+    # The user project the code location serves (default: the shipped example project).
+    project_dir: Path | None = None
+
     openai_base_url: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_BASE_URL", "AGENTFLOW_OPENAI_BASE_URL")
     )
     openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY", "AGENTFLOW_OPENAI_API_KEY")
     )
+    # One model name for every agent profile, and how structured output is asked for (docs/llm.md).
+    llm_model: str | None = None
+    llm_response_format: Literal["json_schema", "json_object", "json_object_schema", "none"] = "json_schema"
+    # The optional local llama.cpp server `agentflow up` starts when a GGUF file is given (docs/llm.md).
+    llm_gguf: Path | None = None
+    llm_port: int = 0  # 0 = a free port, recorded in stack.json
+    llm_chat_format: str = "chatml-function-calling"  # "" = the chat template stored in the GGUF file
+    llm_server_args: str = ""  # more `python -m llama_cpp.server` options, e.g. "--n_ctx 8192"
 
     @property
     def data_path(self) -> Path:

@@ -102,7 +102,7 @@ class _TaskExecution:
                 "retrieval": self.retrieval,
                 # Another model gives another answer: a switch of provider is not a cache hit.
                 "provider": self.llm.provider_name,
-                "model": self.llm.model_for(role.profile),
+                "model": self.llm.model_for_role(role),
             }
         )
         self.store = TaskOutputStore(self.pg.engine, context.resources.object_store.store)
@@ -143,7 +143,7 @@ class _TaskExecution:
                 role,
                 self.inputs,
                 provider=self.llm.provider,
-                model=self.llm.model_for(role.profile),
+                model=self.llm.model_for_role(role),
                 retriever=retriever,
                 retrieval_request=self.retrieval,
                 recorder=recorder,

@@ -1,8 +1,11 @@
-"""LLM: an OpenAI-compatible endpoint when `base_url` is set, else the labelled offline provider."""
+"""LLM: an OpenAI-compatible endpoint when a base URL or an API key is set, else the offline provider.
+
+OPENAI_API_KEY alone means api.openai.com; OPENAI_BASE_URL points at any OpenAI-compatible server.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
@@ -11,21 +14,31 @@ from agentflow_dagster.llm.offline import OfflineExtractiveProvider
 from agentflow_dagster.llm.openai_compat import BackoffPolicy, OpenAICompatProvider
 from agentflow_dagster.llm.types import OFFLINE_MODEL, OFFLINE_PROVIDER, ChatProvider
 
+if TYPE_CHECKING:
+    from agentflow_dagster.agents.roles import AgentRole
+
 DEFAULT_MODELS = {"default": "gpt-4o-mini", "fast": "gpt-4o-mini", "reasoning": "gpt-4o"}
+OPENAI_URL = "https://api.openai.com/v1"
 
 
 class LLMResource(dg.ConfigurableResource):
     """Chat provider factory; models are chosen per agent profile (default, fast, reasoning, ...)."""
 
-    base_url: str = Field(default="", description="OpenAI-compatible endpoint; empty = offline-extractive")
+    base_url: str = Field(
+        default="", description="OpenAI-compatible endpoint; empty: api.openai.com with a key, else offline"
+    )
     api_key: str = Field(default="", description="secret: pass dg.EnvVar('OPENAI_API_KEY')")
     models: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    # The project's default model (agentflow.yaml `model`) and AGENTFLOW_MODEL, which overrides every
+    # profile (a one-model deployment) but not an agent's own `model.name`.
+    default_model: str = ""
+    model_override: str = ""
     timeout_s: float = 60.0
     max_attempts: int = Field(default=4, ge=1, le=20)
     max_total_wait_s: float = Field(default=60.0, ge=0.0)
     backoff_base_s: float = Field(default=0.5, ge=0.0)
     backoff_max_s: float = Field(default=20.0, ge=0.0)
-    response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    response_format: Literal["json_schema", "json_object", "json_object_schema", "none"] = "json_schema"
     prices: dict[str, list[float]] = Field(
         default_factory=dict,
         description="model prefix -> [USD per 1M input tokens, USD per 1M output tokens]",
@@ -35,7 +48,12 @@ class LLMResource(dg.ConfigurableResource):
 
     @property
     def offline(self) -> bool:
-        return not self.base_url
+        return not (self.base_url or self.api_key)
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint calls go to ('' when offline)."""
+        return "" if self.offline else (self.base_url or OPENAI_URL)
 
     def build_provider(self) -> ChatProvider:
         """The endpoint's provider; the offline provider only when no endpoint is configured."""
@@ -48,7 +66,7 @@ class LLMResource(dg.ConfigurableResource):
             max_delay_s=self.backoff_max_s,
         )
         return OpenAICompatProvider(
-            self.base_url, self.api_key, self.timeout_s, policy, self.response_format, self.prices
+            self.endpoint, self.api_key, self.timeout_s, policy, self.response_format, self.prices
         )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
@@ -65,7 +83,19 @@ class LLMResource(dg.ConfigurableResource):
         return OFFLINE_PROVIDER if self.offline else self.provider.name
 
     def model_for(self, profile: str) -> str:
-        """The model serving an agent profile (the `default` model when the profile is not mapped)."""
+        """The model serving an agent profile: AGENTFLOW_MODEL, the profile's, the project default's."""
         if self.offline:
             return OFFLINE_MODEL
-        return self.models.get(profile) or self.models.get("default") or DEFAULT_MODELS["default"]
+        return (
+            self.model_override
+            or self.models.get(profile)
+            or self.default_model
+            or self.models.get("default")
+            or DEFAULT_MODELS["default"]
+        )
+
+    def model_for_role(self, role: AgentRole) -> str:
+        """The model an agent uses: its own `model.name`, else its profile's."""
+        if self.offline:
+            return OFFLINE_MODEL
+        return role.model or self.model_for(role.profile)

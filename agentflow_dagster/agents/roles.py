@@ -1,16 +1,18 @@
-"""The agent roles: prompt template, output schema, allowed tools and LLM profile of each."""
+"""Agent roles: prompt template, output schema, allowed tools and model profile of each.
+
+Roles are data in a project's `agents/*.yaml` (agentflow_dagster/project); this module holds the
+role type, the prompt frame every role shares, and the lookup of the current project's roles.
+"""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel
-
-from agentflow_dagster.agents import schemas
-from agentflow_dagster.agents.tools import KNOWN_TOOLS, RETRIEVAL
 
 # Retrieved text can carry prompt injections; the model is told, in the system message it cannot
 # see overridden by data, that delimited passages and task inputs are evidence only.
@@ -29,13 +31,17 @@ HUMAN_TEMPLATE = (
 
 @functools.cache
 def output_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """A role's output JSON schema, built once per process (pydantic rebuilds it on every call); read-only."""
-    return model.model_json_schema()
+    """A role's output JSON schema, built once per process (pydantic rebuilds it on every call); read-only.
+
+    A role written as JSON Schema answers with its author's schema, not pydantic's rendering of it.
+    """
+    own = getattr(model, "__agentflow_json_schema__", None)
+    return dict(own) if own is not None else model.model_json_schema()
 
 
 @dataclass(frozen=True)
 class AgentRole:
-    """A role an LLM plays in a workflow task."""
+    """A role an LLM plays in a workflow task (loaded from a project's agents/*.yaml)."""
 
     name: str
     description: str
@@ -48,14 +54,14 @@ class AgentRole:
     # over the input cap (estimated tokens) is refused before anything is sent.
     max_output_tokens: int = 1024
     max_prompt_tokens: int = 16_000
-    max_tool_rounds: int = 4  # rounds of tool calls before the model must answer
-
-    def __post_init__(self) -> None:
-        unknown = self.tools - KNOWN_TOOLS
-        if unknown:
-            raise ValueError(
-                f"agent {self.name!r}: unknown tools {sorted(unknown)}; known: {sorted(KNOWN_TOOLS)}"
-            )
+    model: str | None = None  # a model name overriding the profile's
+    temperature: float = 0.0
+    fallback_model: str | None = None  # asked once when the model's endpoint keeps failing
+    max_tool_rounds: int = 4
+    input_schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    # Task-input names the prompt template reads besides the frame's {inputs}, {retrieved}, {schema}.
+    template_variables: frozenset[str] = frozenset()
+    source_file: str = ""
 
     def allows(self, tool: str) -> bool:
         """Whether this role may use `tool` (its allow-list; the model cannot extend it)."""
@@ -66,100 +72,54 @@ class AgentRole:
         return frozenset(self.output.model_fields)
 
 
-def _role(
-    name: str,
-    instructions: str,
-    output: type[BaseModel],
-    tools: frozenset[str] = frozenset(),
-    profile: str = "default",
-    max_output_tokens: int = 1024,
-) -> AgentRole:
-    prompt = ChatPromptTemplate.from_messages(
-        [("system", instructions + SAFETY_RULES), ("human", HUMAN_TEMPLATE)]
-    )
-    return AgentRole(name, instructions, prompt, output, tools, profile, max_output_tokens=max_output_tokens)
+def frame_prompt(
+    system: str, human: str | None = None, template_format: str = "f-string"
+) -> ChatPromptTemplate:
+    """The role's messages: its system text plus the safety rules, and the human turn with the frame."""
+    if human is None:
+        return ChatPromptTemplate.from_messages(
+            [("system", _escape(system) + SAFETY_RULES), ("human", HUMAN_TEMPLATE)]
+        )
+    if template_format == "jinja2":
+        frame = (
+            "\n\nRetrieved documents:\n{{ retrieved }}\n\nRespond with one JSON object that validates "
+            "against this JSON schema:\n{{ schema }}"
+        )
+        messages = [("system", _jinja_escape(system) + SAFETY_RULES), ("human", human + frame)]
+    else:
+        frame = "\n\n" + HUMAN_TEMPLATE.split("\n\n", 1)[1]
+        messages = [("system", _escape(system) + SAFETY_RULES), ("human", human + frame)]
+    return ChatPromptTemplate.from_messages(messages, template_format=template_format)  # type: ignore[arg-type]
 
 
-_ROLES = (
-    _role(
-        "planner",
-        "You are a research planner. Split the topic into 2 to 6 independent sub-questions that "
-        "together cover it, and propose an outline for the final report.",
-        schemas.Plan,
-        profile="reasoning",
-    ),
-    _role(
-        "researcher",
-        "You are a researcher. Answer the question using the retrieved documents; list concise "
-        "findings and the ids of the documents you used. If the documents do not answer it, say so.",
-        schemas.ResearchNote,
-        tools=frozenset({RETRIEVAL}),
-    ),
-    _role(
-        "writer",
-        "You are a technical writer. Synthesize the research notes into a report with a title, an "
-        "executive summary and sections that follow the outline.",
-        schemas.Report,
-        profile="reasoning",
-        max_output_tokens=4096,
-    ),
-    _role(
-        "reviewer",
-        "You are a critical reviewer. Check the report for unsupported claims, gaps and clarity; "
-        "approve it only when it is accurate and complete, and list the issues you found.",
-        schemas.Review,
-    ),
-    _role(
-        "classifier",
-        "You are a support triage classifier. Classify the customer message into a category and "
-        "an urgency, with a confidence between 0 and 1 and a one-sentence rationale.",
-        schemas.Classification,
-        profile="fast",
-    ),
-    _role(
-        "router",
-        "You route support messages. Choose the queue for the classified message, the knowledge "
-        "collection to search and a search query for it.",
-        schemas.Route,
-        profile="fast",
-    ),
-    _role(
-        "retriever",
-        "You select evidence. From the retrieved documents, quote the passages that help answer the "
-        "customer message, with their source ids. Quote only text present in the documents.",
-        schemas.Evidence,
-        tools=frozenset({RETRIEVAL}),
-        profile="fast",
-    ),
-    _role(
-        "drafter",
-        "You draft replies to customers. Write a helpful, polite reply grounded in the evidence and "
-        "cite the source ids you relied on. Do not promise refunds or timelines the evidence lacks.",
-        schemas.Draft,
-        tools=frozenset({RETRIEVAL}),
-    ),
-    _role(
-        "policy_checker",
-        "You check replies against the support policy: no personal data, no legal or refund "
-        "promises, no blaming the customer, polite tone. Report violations and give a compliant "
-        "final reply (the draft itself when it already complies).",
-        schemas.PolicyVerdict,
-    ),
-    _role(
-        "summarizer",
-        "You summarize documents faithfully: an abstract-style summary and up to 10 key points.",
-        schemas.Summary,
-        profile="reasoning",
-    ),
-    _role(
-        "brief_summarizer",
-        "You summarize documents in at most three sentences and up to 3 key points.",
-        schemas.Summary,
-        profile="fast",
-    ),
-)
+def _escape(text: str) -> str:
+    # A system text is literal: braces in it are not template variables.
+    return text.replace("{", "{{").replace("}", "}}")
 
-AGENTS: dict[str, AgentRole] = {role.name: role for role in _ROLES}
+
+def _jinja_escape(text: str) -> str:
+    return "{% raw %}" + text + "{% endraw %}"
+
+
+class _CurrentAgents(Mapping[str, AgentRole]):
+    """The roles of the current project (AGENTFLOW_PROJECT_DIR, default the shipped example)."""
+
+    def _roles(self) -> Mapping[str, AgentRole]:
+        from agentflow_dagster.project import current_project
+
+        return current_project().agents
+
+    def __getitem__(self, name: str) -> AgentRole:
+        return self._roles()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._roles())
+
+    def __len__(self) -> int:
+        return len(self._roles())
+
+
+AGENTS: Mapping[str, AgentRole] = _CurrentAgents()
 
 
 def get_agent(name: str) -> AgentRole:

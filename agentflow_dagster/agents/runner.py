@@ -191,6 +191,42 @@ def _short_error(exc: Exception) -> str:
     return str(exc)[:500]
 
 
+def check_inputs(role: AgentRole, inputs: dict[str, Any]) -> None:
+    """Refuse inputs that fail the agent's `input_schema` (not retryable: the same inputs fail again)."""
+    if role.input_schema is None:
+        return
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(role.input_schema).iter_errors(inputs)
+    )
+    if error is not None:
+        where = ".".join(str(p) for p in error.path) or "(root)"
+        raise AgentError(
+            f"agent {role.name!r} ({role.source_file}): task inputs fail its input_schema at {where}: "
+            f"{error.message}",
+            role.name, Usage(), retryable=False,
+        )  # fmt: skip
+
+
+def chat_with_fallback_model(
+    provider: ChatProvider, request: ChatRequest, recorder: Recorder | None, role: AgentRole, usage: Usage
+) -> Any:
+    """One completion; when the model's endpoint keeps failing, once more with the role's fallback model."""
+    try:
+        return provider.chat(request, recorder)
+    except LLMError as exc:
+        usage.attempts += exc.attempts
+        if not role.fallback_model or role.fallback_model == request.model or not exc.retryable:
+            raise
+    request.model = role.fallback_model
+    try:
+        return provider.chat(request, recorder)
+    except LLMError as exc:
+        usage.attempts += exc.attempts
+        raise
+
+
 def run_agent(
     role: AgentRole,
     inputs: dict[str, Any],
@@ -210,6 +246,7 @@ def run_agent(
     With `tools`, the model may call the allowed ones for up to `role.max_tool_rounds` rounds; the
     request after the last round offers none, and a model that still asks fails the agent (not retryable).
     """
+    check_inputs(role, inputs)
     retrieval = None
     if retrieval_request is not None:
         if not role.allows(RETRIEVAL):
@@ -250,13 +287,12 @@ def run_agent(
                 raise AgentBudgetError(f"agent {role.name!r}: {exc}", role.name, usage) from exc
         request = ChatRequest(
             messages, model, schema, role.output.__name__, grounding,
-            max_tokens=completion_cap, deadline=deadline,
+            temperature=role.temperature, max_tokens=completion_cap, deadline=deadline,
             tools=offered if offered and tool_rounds < role.max_tool_rounds else None,
         )  # fmt: skip
         try:
-            result = provider.chat(request, recorder)
+            result = chat_with_fallback_model(provider, request, recorder, role, usage)
         except LLMError as exc:
-            usage.attempts += exc.attempts
             raise AgentError(f"agent {role.name!r}: {exc}", role.name, usage, exc.retryable) from exc
         usage.calls += 1
         usage.attempts += result.attempts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from agentflow_dagster.agents.roles import AGENTS
+from agentflow_dagster.agents.roles import AGENTS, AgentRole
 from agentflow_dagster.agents.tools import RETRIEVAL
 from agentflow_dagster.workflows.spec import (
     REF_RE,
@@ -23,7 +23,8 @@ from agentflow_dagster.workflows.spec import (
     WorkflowSpec,
 )
 
-SPECS_DIR = Path(__file__).parent / "specs"
+# The shipped workflows: the example project's (agentflow_dagster/example_project).
+SPECS_DIR = Path(__file__).resolve().parents[1] / "example_project" / "workflows"
 
 
 def _loc(err: Any) -> str:
@@ -76,7 +77,9 @@ def _is_list_field(model: type[BaseModel], field: str) -> bool:
     return typing.get_origin(annotation) is list
 
 
-def _check_ref(spec: WorkflowSpec, task: TaskSpec, field: str, value: Any, file: str) -> None:
+def _check_ref(
+    spec: WorkflowSpec, task: TaskSpec, field: str, value: Any, file: str, agents: Mapping[str, AgentRole]
+) -> None:
     if not (isinstance(value, str) and value.startswith("$")):
         return
     match = REF_RE.match(value)
@@ -105,7 +108,7 @@ def _check_ref(spec: WorkflowSpec, task: TaskSpec, field: str, value: Any, file:
             raise SpecError(file, task.task_id, field, f"{value!r} refers to an unknown task")
         if name not in task.depends_on:
             raise SpecError(file, task.task_id, field, f"{value!r} reads task {name!r}: add it to depends_on")
-        upstream = AGENTS[spec.task(name).agent].output
+        upstream = agents[spec.task(name).agent].output
         if out_field and out_field not in upstream.model_fields:
             raise SpecError(
                 file,
@@ -135,8 +138,11 @@ def _check_cycles(spec: WorkflowSpec, file: str) -> None:
             visit(task_id, [])
 
 
-def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
-    """Check the graph: ids, agents, references, fan-out, tools and cycles."""
+def validate_spec(
+    spec: WorkflowSpec, file: str, agents: Mapping[str, AgentRole] | None = None
+) -> WorkflowSpec:
+    """Check the graph against `agents` (default: the current project's): ids, agents, refs, tools, cycles."""
+    agents = AGENTS if agents is None else agents
     seen: set[str] = set()
     for task in spec.tasks:
         if task.task_id in seen:
@@ -149,15 +155,15 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
     fanned = spec.fanned_tasks()
     for task in spec.tasks:
         for field, name in (("agent", task.agent), ("fallback_agent", task.fallback_agent)):
-            if name is not None and name not in AGENTS:
-                raise SpecError(file, task.task_id, field, f"unknown agent {name!r}; known: {sorted(AGENTS)}")
-        if task.fallback_agent and AGENTS[task.fallback_agent].output is not AGENTS[task.agent].output:
+            if name is not None and name not in agents:
+                raise SpecError(file, task.task_id, field, f"unknown agent {name!r}; known: {sorted(agents)}")
+        if task.fallback_agent and agents[task.fallback_agent].output is not agents[task.agent].output:
             raise SpecError(
                 file,
                 task.task_id,
                 "fallback_agent",
-                f"{task.fallback_agent!r} outputs {AGENTS[task.fallback_agent].output.__name__}, "
-                f"but {task.agent!r} outputs {AGENTS[task.agent].output.__name__}; "
+                f"{task.fallback_agent!r} outputs {agents[task.fallback_agent].output.__name__}, "
+                f"but {task.agent!r} outputs {agents[task.agent].output.__name__}; "
                 "downstream refs need the same schema",
             )
         for i, dep in enumerate(task.depends_on):
@@ -170,24 +176,24 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
         if len(set(task.depends_on)) != len(task.depends_on):
             raise SpecError(file, task.task_id, "depends_on", "lists a task twice")
         for key, value in task.inputs.items():
-            _check_ref(spec, task, f"inputs.{key}", value, file)
+            _check_ref(spec, task, f"inputs.{key}", value, file, agents)
         if task.retrieval is not None:
-            if RETRIEVAL not in AGENTS[task.agent].tools:
+            if RETRIEVAL not in agents[task.agent].tools:
                 raise SpecError(
                     file, task.task_id, "retrieval", f"agent {task.agent!r} may not use retrieval"
                 )
-            _check_ref(spec, task, "retrieval.collection", task.retrieval.collection, file)
-            _check_ref(spec, task, "retrieval.query", task.retrieval.query, file)
+            _check_ref(spec, task, "retrieval.collection", task.retrieval.collection, file, agents)
+            _check_ref(spec, task, "retrieval.query", task.retrieval.query, file, agents)
         if task.fan_out is not None:
             source, field = task.fan_out.source_task, task.fan_out.source_field
             if not source or not field:
                 raise SpecError(file, task.task_id, "fan_out.over", "must be $tasks.<task_id>.<list field>")
-            _check_ref(spec, task, "fan_out.over", task.fan_out.over, file)
+            _check_ref(spec, task, "fan_out.over", task.fan_out.over, file, agents)
             if source in fanned:
                 raise SpecError(
                     file, task.task_id, "fan_out.over", f"{source!r} is itself fanned out; nest no deeper"
                 )
-            if not _is_list_field(AGENTS[spec.task(source).agent].output, field):
+            if not _is_list_field(agents[spec.task(source).agent].output, field):
                 raise SpecError(
                     file, task.task_id, "fan_out.over", f"{task.fan_out.over!r} is not a list field"
                 )
@@ -198,7 +204,7 @@ def validate_spec(spec: WorkflowSpec, file: str) -> WorkflowSpec:
     return spec
 
 
-def load_spec_file(path: str | Path) -> WorkflowSpec:
+def load_spec_file(path: str | Path, agents: Mapping[str, AgentRole] | None = None) -> WorkflowSpec:
     """Parse and validate one YAML spec; raises SpecError naming the file, task and field."""
     path = Path(path)
     file = str(path)
@@ -208,14 +214,20 @@ def load_spec_file(path: str | Path) -> WorkflowSpec:
         raise SpecError(file, None, None, f"not valid YAML: {exc}") from exc
     except OSError as exc:
         raise SpecError(file, None, None, f"cannot read: {exc}") from exc
-    return validate_spec(_parse(raw, file), file)
+    return validate_spec(_parse(raw, file), file, agents)
 
 
-def load_specs(directory: str | Path | None = None) -> dict[str, WorkflowSpec]:
-    """All specs in `directory` (default: the shipped ones), keyed by workflow name."""
+def load_specs(
+    directory: str | Path | None = None, agents: Mapping[str, AgentRole] | None = None
+) -> dict[str, WorkflowSpec]:
+    """All specs in `directory` keyed by workflow name (default: the current project's workflows)."""
+    if directory is None:
+        from agentflow_dagster.project import current_project
+
+        return dict(current_project().workflows)
     specs: dict[str, WorkflowSpec] = {}
-    for path in sorted(Path(directory or SPECS_DIR).glob("*.yaml")):
-        spec = load_spec_file(path)
+    for path in sorted(Path(directory).glob("*.y*ml")):
+        spec = load_spec_file(path, agents)
         if spec.name in specs:
             raise SpecError(
                 str(path),
