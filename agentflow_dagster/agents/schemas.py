@@ -40,10 +40,10 @@ class Report(_Out):
 
 
 class Review(_Out):
-    """A reviewer's verdict on a report."""
+    """A reviewer's verdict on a report; null verdicts mean nobody judged (the offline provider)."""
 
-    approved: bool = True
-    score: float = Field(default=0.5, ge=0.0, le=1.0)
+    approved: bool | None = None
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
     issues: list[str] = Field(default_factory=list)
 
 
@@ -52,7 +52,7 @@ class Classification(_Out):
 
     category: Literal["billing", "technical", "account", "other"]
     urgency: Literal["low", "medium", "high"] = "medium"
-    confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     rationale: str = ""
 
 
@@ -84,9 +84,9 @@ class Draft(_Out):
 
 
 class PolicyVerdict(_Out):
-    """Whether a reply complies with the support policy, with a compliant version."""
+    """Whether a reply complies with the support policy (null: not judged), with a compliant version."""
 
-    compliant: bool = True
+    compliant: bool | None = None
     violations: list[str] = Field(default_factory=list)
     final_reply: str = Field(min_length=1)
 

@@ -1,8 +1,10 @@
 """The embedded default provider: deterministic, extractive, offline, and labelled as such everywhere.
 
 It never invents facts: strings are sentences taken from the task inputs and retrieved passages,
-lists of sources are the ids of retrieved passages, enums are chosen by keyword overlap. The
-answer is shaped by the JSON schema the agent asked for, so it always validates.
+lists of sources are the ids of retrieved passages, enums are chosen by keyword overlap. It never
+invents a verdict either: a boolean or a number (approved, compliant, a score, a confidence) needs
+judgement, so it is null when the schema allows null, and the call fails with a clear error when the
+schema requires a value. Every answer carries `"offline": true`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from agentflow_dagster.llm.types import (
     CallAttempt,
     ChatRequest,
     ChatResult,
+    LLMError,
     Recorder,
     estimate_tokens,
 )
@@ -86,6 +89,24 @@ _LEXICON: dict[str, tuple[str, ...]] = {
 _PRIMARY_KEYS = ("question", "topic", "message", "document", "reply", "summary", "report", "text")
 _EMPTY_LISTS = ("issues", "violations")
 _SOURCE_LISTS = ("sources", "citations")
+
+
+class OfflineCannotJudge(LLMError):
+    """The schema asks for a verdict (boolean or number) that only a model could give."""
+
+    def __init__(self, field: str, kind: str):
+        super().__init__(
+            f"the offline-extractive provider cannot produce field {field!r} ({kind}): it has no model to "
+            "judge with and invents no verdicts; allow null for this field (offline answers leave it "
+            "null) or configure a model endpoint (OPENAI_API_KEY and/or OPENAI_BASE_URL)",
+            retryable=False,
+        )
+
+
+def _nullable(schema: dict[str, Any]) -> bool:
+    kinds = schema.get("type")
+    options = schema.get("anyOf") or schema.get("oneOf") or []
+    return (isinstance(kinds, list) and "null" in kinds) or any(o.get("type") == "null" for o in options)
 
 
 def _words(text: str) -> list[str]:
@@ -170,6 +191,7 @@ class _Composer:
         return schema
 
     def value(self, name: str, schema: dict[str, Any]) -> Any:
+        nullable = _nullable(schema)
         schema = self._resolve(schema)
         if "const" in schema:
             return schema["const"]
@@ -180,11 +202,13 @@ class _Composer:
             return self.obj(schema)
         if kind == "array":
             return self._array(name, schema)
-        if kind == "boolean":
-            return schema.get("default", True)
-        if kind in ("number", "integer"):
-            low = schema.get("minimum", schema.get("exclusiveMinimum", 0))
-            return schema.get("default", low)
+        if isinstance(kind, list):
+            nullable = nullable or "null" in kind
+            kind = next((k for k in kind if k != "null"), "string")
+        if kind in ("boolean", "number", "integer"):
+            if nullable:
+                return None
+            raise OfflineCannotJudge(name, str(kind))
         return self._string(name, schema)
 
     def _enum(self, schema: dict[str, Any]) -> Any:
@@ -255,7 +279,13 @@ class _Composer:
 
     def obj(self, schema: dict[str, Any]) -> dict[str, Any]:
         props: dict[str, Any] = schema.get("properties", {})
-        return {name: self.value(name, sub) for name, sub in props.items()}
+        required = set(schema.get("required", list(props)))
+        # An optional verdict is left out rather than invented.
+        return {
+            name: self.value(name, sub)
+            for name, sub in props.items()
+            if name in required or self._resolve(sub).get("type") not in ("boolean", "number", "integer")
+        }
 
 
 def compose(schema: dict[str, Any], grounding: dict[str, Any]) -> dict[str, Any]:
@@ -272,7 +302,11 @@ class OfflineExtractiveProvider:
         """Compose a JSON answer from the request's grounding (no network)."""
         started = time.monotonic()
         schema = request.json_schema or {"type": "object", "properties": {"answer": {"type": "string"}}}
-        content = json.dumps(compose(schema, request.grounding), ensure_ascii=False)
+        answer = compose(schema, request.grounding)
+        # Labelled inside the payload too: output validation ignores unknown keys, the record keeps it.
+        if schema.get("additionalProperties") is not False and "offline" not in answer:
+            answer = {**answer, "offline": True}
+        content = json.dumps(answer, ensure_ascii=False)
         tokens_in = estimate_tokens(json.dumps(request.messages))
         tokens_out = estimate_tokens(content)
         latency_ms = (time.monotonic() - started) * 1000

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -17,10 +19,12 @@ import pytest
 import sqlalchemy as sa
 
 from agentflow_dagster import names
-from agentflow_dagster.agents.roles import SAFETY_RULES, AgentRole, get_agent
+from agentflow_dagster.agents.roles import SAFETY_RULES, get_agent
 from agentflow_dagster.agents.runner import run_agent
 from agentflow_dagster.agents.tools import RETRIEVAL, retrieve
 from agentflow_dagster.llm.openai_compat import BackoffPolicy, OpenAICompatProvider
+from agentflow_dagster.project.errors import ProjectError
+from agentflow_dagster.project.loader import load_agent
 from agentflow_dagster.workflows.loader import load_specs
 from assets.rag import COLLECTIONS, rag_assets
 from ops.compiler import build_workflow_job
@@ -210,14 +214,19 @@ def test_tools_the_model_asks_for_are_recorded_and_never_run(llm_server: LLMTest
         get_agent("classifier"), {"message": "refund"}, provider=provider, model="m", retriever=spy
     )
     assert spy.calls == []  # the classifier has no tools; the model's request changed nothing
-    assert run.output == {"category": "billing", "urgency": "medium", "confidence": 0.5, "rationale": ""}
+    assert run.output == {"category": "billing", "urgency": "medium", "confidence": None, "rationale": ""}
     assert [r.split(":")[0] for r in run.refused_tool_requests] == ["tool_calls", "function_call"]
     # The model's request reached the server only as its own answer; no request carried tools.
     assert all("tools" not in body and "functions" not in body for body in llm_server.requests)
-    with pytest.raises(ValueError, match="unknown tools"):
-        AgentRole(
-            "x", "x", get_agent("classifier").prompt, get_agent("classifier").output, frozenset({"shell"})
+    # An allow-list naming a tool the project does not define never loads (the model cannot add one).
+    with tempfile.TemporaryDirectory() as tmp:
+        agent = Path(tmp) / "agents" / "x.yaml"
+        agent.parent.mkdir()
+        agent.write_text(
+            "name: x\nsystem: s\ntools: [shell]\noutput_model: agentflow_dagster.agents.schemas:Summary\n"
         )
+        with pytest.raises(ProjectError, match="unknown tool 'shell'"):
+            load_agent(agent, Path(tmp), frozenset())
 
 
 def test_retrieval_arguments_from_a_model_are_bounded() -> None:
