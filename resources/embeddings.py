@@ -23,6 +23,9 @@ class EmbeddingsResource(dg.ConfigurableResource):
     dimensions: int = 0
     batch_size: int = 64
     device: str = "cpu"
+    # The embedding service `agentflow up` starts ("" = AGENTFLOW_EMBED_URL or 127.0.0.1:58100;
+    # "off" = always load the model in this process). Unreachable: the model loads here, logged.
+    service_url: str = ""
 
     _embedder: Embedder | None = PrivateAttr(default=None)
 
@@ -31,7 +34,12 @@ class EmbeddingsResource(dg.ConfigurableResource):
 
     def build(self) -> Embedder:
         if self.provider == "local":
-            return LocalEmbedder(self.model_path or None, batch_size=self.batch_size, device=self.device)
+            from agentflow_dagster.rag.embed_service import default_url
+
+            url = None if self.service_url == "off" else (self.service_url or default_url())
+            return LocalEmbedder(
+                self.model_path or None, batch_size=self.batch_size, device=self.device, service_url=url
+            )
         if self.provider == "openai":
             return OpenAIEmbedder(
                 self.model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ import numpy as np
 from agentflow_dagster.rag.store import batches
 
 LOCAL_MODEL = "all-MiniLM-L6-v2"
+_log = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
@@ -48,13 +50,56 @@ def load_sentence_transformer(path: str, device: str) -> Any:
 
 
 class LocalEmbedder:
-    """SentenceTransformer on CPU, batched, L2-normalised float32."""
+    """SentenceTransformer on CPU, batched, L2-normalised float32.
 
-    def __init__(self, path: str | None = None, batch_size: int = 64, device: str = "cpu"):
+    With `service_url`, texts go to the embedding service (rag/embed_service.py) when it serves the
+    same model, so this process never loads torch; otherwise the model loads here, with a log line.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        batch_size: int = 64,
+        device: str = "cpu",
+        service_url: str | None = None,
+    ):
         self.path = path or local_model_path()
         self.batch_size = batch_size
         self.device = device
         self.model_id = f"local:{LOCAL_MODEL if path is None else Path(self.path).name}"
+        self.service_url = service_url
+        self._service: Any = None  # EmbedClient once the service answered with this model
+        self._service_dim: int | None = None
+        self._service_checked = service_url is None
+
+    def _remote(self) -> Any:
+        """The service client, checked once per process; None when texts are embedded here."""
+        if self._service_checked:
+            return self._service
+        from agentflow_dagster.rag.embed_service import EmbedClient, EmbedServiceError
+
+        self._service_checked = True
+        client = EmbedClient(str(self.service_url))
+        try:
+            info = client.health()
+        except EmbedServiceError as exc:
+            self._fall_back(f"not reachable ({exc})")
+            return None
+        if info.get("model_id") != self.model_id:
+            self._fall_back(f"serves {info.get('model_id')!r}, not {self.model_id!r}")
+            return None
+        self._service, self._service_dim = client, int(info["dimension"])
+        return client
+
+    def _fall_back(self, reason: str) -> None:
+        self._service = None
+        _log.warning(
+            "embedding service %s %s: loading %s in this process (seconds of CPU; `agentflow up` starts "
+            "the service)",
+            self.service_url,
+            reason,
+            self.model_id,
+        )
 
     @property
     def model(self) -> Any:
@@ -62,6 +107,8 @@ class LocalEmbedder:
 
     @property
     def dimension(self) -> int:
+        if self._remote() is not None and self._service_dim:
+            return self._service_dim
         model = self.model
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
@@ -73,6 +120,14 @@ class LocalEmbedder:
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
+        remote = self._remote()
+        if remote is not None:
+            from agentflow_dagster.rag.embed_service import EmbedServiceError
+
+            try:
+                return np.asarray(remote.embed(texts, self.batch_size))
+            except EmbedServiceError as exc:
+                self._fall_back(f"failed ({exc})")
         vecs = self.model.encode(
             list(texts),
             batch_size=self.batch_size,

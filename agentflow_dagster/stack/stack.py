@@ -15,6 +15,7 @@ import httpx
 import yaml
 
 from agentflow_dagster import names
+from agentflow_dagster.rag import embed_service
 from agentflow_dagster.settings import Settings
 from agentflow_dagster.stack import checks, services
 from agentflow_dagster.stack.services import Service, StackError
@@ -101,6 +102,9 @@ class Stack:
         ensure("postgres", s.postgres_url, lambda: services.start_postgres(self.data, s.postgres_port))
         ensure("redis", s.redis_url, lambda: services.start_redis(self.data, s.redis_port))
         ensure("kafka", s.kafka_bootstrap_servers, lambda: services.start_kafka(self.data, s.kafka_port))
+        # The embedding model, loaded once for every run worker and CLI call (rag/embed_service.py).
+        embed_start = lambda: embed_service.start_service(self.data, self.process_env())  # noqa: E731
+        ensure("embeddings", embed_service.stack_external(), embed_start)
         self.save_state(state)
         self.prepare()
         ensure("dagster_webserver", None, self._start_webserver)
@@ -108,6 +112,8 @@ class Stack:
         ensure("metrics", None, self._start_metrics)
         self.save_state(state)
         self._wait_webserver()
+        if (emb := running["embeddings"]).get("managed"):
+            embed_service.wait_started(emb["address"], emb["log"], emb["pid"])
         return self.addresses()
 
     def prepare(self) -> None:
@@ -228,13 +234,23 @@ class Stack:
             *checks.check_dagster(addr["dagster_webserver"]),
             checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
         ]
+        if (emb := self.load_state()["services"].get("embeddings")) and emb.get("managed"):
+            result.append(embed_service.check(emb["address"]))
         return result
 
     def down(self, echo: Any = print) -> list[str]:
         """Stop, in reverse order, only the processes this data directory's `up` started."""
         state = self.load_state()
         stopped = []
-        for name in ("metrics", "dagster_daemon", "dagster_webserver", "kafka", "redis", "postgres"):
+        for name in (
+            "metrics",
+            "dagster_daemon",
+            "dagster_webserver",
+            "embeddings",
+            "kafka",
+            "redis",
+            "postgres",
+        ):
             rec = state["services"].get(name)
             if not rec or not rec.get("managed"):
                 continue

@@ -76,3 +76,98 @@ def test_local_model_is_normalised_and_semantic(embeddings: EmbeddingsResource) 
 def test_unknown_provider_is_named() -> None:
     with pytest.raises(ValueError, match="'cohere'"):
         EmbeddingsResource(provider="cohere").build()
+
+
+@pytest.fixture(scope="module")
+def embed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The service started by the stack's hook on a free loopback port; stopped by pid."""
+    import os
+
+    from agentflow_dagster.rag import embed_service as svc
+    from agentflow_dagster.stack import services
+
+    env = {**os.environ, "AGENTFLOW_EMBED_PORT": str(services.free_port())}
+    os.environ["AGENTFLOW_EMBED_PORT"] = env["AGENTFLOW_EMBED_PORT"]
+    try:
+        started = svc.start_service(tmp_path_factory.mktemp("embed"), env)
+    finally:
+        del os.environ["AGENTFLOW_EMBED_PORT"]
+    try:
+        svc.wait_started(started.address, started.log, started.pid)
+        yield started.address
+    finally:
+        services.stop_pid(started.pid)
+
+
+def test_status_check_embeds_a_real_query(embed_service: str) -> None:
+    from agentflow_dagster.rag.embed_service import check
+
+    result = check(embed_service)
+    assert result.healthy and result.detail.startswith("local:all-MiniLM-L6-v2 dim 384, query "), result
+
+
+def test_stopped_service_is_reported_down() -> None:
+    from agentflow_dagster.rag.embed_service import check
+    from agentflow_dagster.stack import services
+
+    result = check(f"http://127.0.0.1:{services.free_port()}")
+    assert not result.healthy and "ConnectionRefusedError" in result.detail
+
+
+TEXTS = [
+    "how do I reset my password?",
+    "a much longer question about invoices, refunds and the quarterly billing cycle of an account",
+    "ünïcödé and emoji 🚀",
+    "",
+]
+
+
+def test_service_vectors_are_identical_to_the_in_process_model(
+    embed_service: str, embeddings: EmbeddingsResource
+) -> None:
+    from agentflow_dagster.rag.embedders import LocalEmbedder
+
+    remote = LocalEmbedder(service_url=embed_service)
+    local = LocalEmbedder(service_url=None)
+    for texts in (TEXTS[:1], TEXTS, TEXTS[1:3]):
+        assert np.array_equal(remote.embed(texts), local.embed(texts))
+    assert remote._remote() is not None  # answered by the service, not by a fallback
+    assert remote.dimension == 384 and remote.model_id == local.model_id
+
+
+def test_a_process_using_the_service_never_imports_torch(embed_service: str) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from resources.embeddings import EmbeddingsResource as R; "
+        "v = R().embed(['hello']); print(v.shape, 'torch' in sys.modules)"
+    )
+    env = {**__import__("os").environ, "AGENTFLOW_EMBED_URL": embed_service}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "(1, 384) False", out.stderr
+
+
+def test_unreachable_service_falls_back_in_process_with_a_log_line(
+    embeddings: EmbeddingsResource, caplog: pytest.LogCaptureFixture
+) -> None:
+    from agentflow_dagster.rag.embedders import LocalEmbedder
+    from agentflow_dagster.stack import services
+
+    url = f"http://127.0.0.1:{services.free_port()}"
+    with caplog.at_level("WARNING", logger="agentflow_dagster.rag.embedders"):
+        vecs = LocalEmbedder(service_url=url).embed(TEXTS[:2])
+    assert np.array_equal(vecs, LocalEmbedder(service_url=None).embed(TEXTS[:2]))
+    assert (
+        f"embedding service {url} not reachable" in caplog.text and "loading local:all-MiniLM" in caplog.text
+    )
+
+
+def test_service_names_a_bad_request(embed_service: str) -> None:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", int(embed_service.rsplit(":", 1)[1]), timeout=10)
+    conn.request("POST", "/embed", body=json.dumps({"texts": "not a list"}))
+    resp = conn.getresponse()
+    assert resp.status == 400 and b"'texts' must be a list of strings" in resp.read()
+    conn.close()
