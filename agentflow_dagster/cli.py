@@ -12,8 +12,10 @@ from agentflow_dagster.commands import (
     audit,
     keys,
     observability,
+    project,
     purge,
     rag,
+    runs,
     stack,
     submit,
     workflows,
@@ -24,11 +26,15 @@ warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
 
 @click.group()
+@click.version_option(package_name="agentflow-dagster", prog_name="agentflow")
 def main() -> None:
     """agentflow: multi-agent AI workflows on Dagster."""
 
 
 main.add_command(stack.up)
+main.add_command(project.init)
+main.add_command(project.validate)
+main.add_command(project.reload)
 main.add_command(stack.status)
 main.add_command(stack.down)
 main.add_command(keys.keys)
@@ -42,3 +48,7 @@ main.add_command(observability.metrics_server)
 main.add_command(observability.trace)
 main.add_command(audit.audit)
 main.add_command(purge.purge_command)
+main.add_command(runs.runs)
+main.add_command(runs.cancel)
+main.add_command(runs.retry)
+main.add_command(runs.approvals)

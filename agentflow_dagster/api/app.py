@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from agentflow_dagster.api import documents, errors, health, workflows
+from agentflow_dagster.api import documents, errors, health, runs, workflows
 from agentflow_dagster.api.bodylimit import BodyLimitMiddleware
 from agentflow_dagster.api.config import ApiConfig
 from agentflow_dagster.api.context import ApiContext
@@ -52,6 +52,7 @@ def create_app(
     )
     app.state.ctx = ctx
     app.include_router(workflows.router)
+    app.include_router(runs.router)
     app.include_router(documents.router)
     app.include_router(health.router)
     errors.install(app)
