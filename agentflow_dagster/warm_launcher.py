@@ -52,6 +52,11 @@ def _worker_instance(instance_ref_json: str) -> Iterator[dg.DagsterInstance]:
 def _execute(run_id: str, instance: dg.DagsterInstance) -> None:
     from dagster._cli.api import _execute_run_command_body
 
+    from agentflow_dagster.project import refresh_if_changed
+
+    # Preloaded before a project edit + reload: re-import, so the run sees the files as they are now.
+    refresh_if_changed()
+
     _execute_run_command_body(run_id, instance, lambda event: None, set_exit_code_on_failure=False)
 
 

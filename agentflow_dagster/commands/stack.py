@@ -13,8 +13,12 @@ from agentflow_dagster.stack.services import StackError
 from agentflow_dagster.stack.stack import Stack
 
 
-def _stack(data_dir: str | None) -> Stack:
+def _stack(data_dir: str | None, llm_gguf: Path | None = None, project: Path | None = None) -> Stack:
     settings = Settings(data_dir=Path(data_dir)) if data_dir else Settings()
+    if llm_gguf:
+        settings.llm_gguf = llm_gguf
+    if project:
+        settings.project_dir = project
     return Stack(settings)
 
 
@@ -25,9 +29,30 @@ data_dir_option = click.option(
 
 @click.command()
 @data_dir_option
-def up(data_dir: str | None) -> None:
-    """Start the local stack (Postgres, Redis, Kafka broker, object store, Dagster)."""
-    stack = _stack(data_dir)
+@click.option(
+    "--llm-gguf",
+    envvar="AGENTFLOW_LLM_GGUF",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also serve this GGUF model with llama.cpp on loopback and point the platform at it.",
+)
+@click.option(
+    "--project",
+    envvar="AGENTFLOW_PROJECT_DIR",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The user project Dagster serves (default: the shipped example project).",
+)
+def up(data_dir: str | None, llm_gguf: Path | None, project: Path | None) -> None:
+    """Start the local stack (Postgres, Redis, Kafka broker, object store, Dagster; a model server)."""
+    if project:
+        from agentflow_dagster.project import ProjectError, load_project
+
+        try:
+            load_project(project)  # a broken project is reported here, not as a failed code location
+        except (ProjectError, ValueError) as exc:
+            raise click.ClickException(f"project {project}: {exc}") from None
+    stack = _stack(data_dir, llm_gguf, project)
     click.echo(f"agentflow up: data directory {stack.data}")
     try:
         addr = stack.up(echo=click.echo)

@@ -17,7 +17,7 @@ import yaml
 from agentflow_dagster import names
 from agentflow_dagster.rag import embed_service
 from agentflow_dagster.settings import Settings
-from agentflow_dagster.stack import checks, services
+from agentflow_dagster.stack import checks, llm_server, services
 from agentflow_dagster.stack.services import Service, StackError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -54,14 +54,32 @@ class Stack:
             "postgres": s.postgres_url or f"postgresql://postgres@127.0.0.1:{s.postgres_port}/agentflow",
             "redis": s.redis_url or f"redis://127.0.0.1:{s.redis_port}/0",
             "kafka": s.kafka_bootstrap_servers or f"127.0.0.1:{s.kafka_port}",
-            "object_store": s.s3_endpoint or str(self.data / "objects"),
+            "object_store": s.s3_endpoint or f"127.0.0.1:{s.s3_port}",
             "dagster_webserver": f"http://127.0.0.1:{s.webserver_port}",
         }
+
+    def s3_credentials(self) -> services.S3Credentials | None:
+        """AGENTFLOW_S3_ACCESS_KEY/SECRET_KEY for an external endpoint, else the embedded server's keys."""
+        s = self.settings
+        if s.s3_endpoint:
+            if s.s3_access_key and s.s3_secret_key:
+                return services.S3Credentials(s.s3_access_key, s.s3_secret_key)
+            return None
+        return services.load_s3_credentials(self.data)
 
     def process_env(self) -> dict[str, str]:
         """The environment every Dagster process of the stack gets."""
         addr = self.addresses()
         env = dict(os.environ)
+        if creds := self.s3_credentials():
+            # The object store resource reads AGENTFLOW_S3_*; boto3 (S3 compute logs) reads AWS_*.
+            env.update(
+                AGENTFLOW_S3_ACCESS_KEY=creds.access_key,
+                AGENTFLOW_S3_SECRET_KEY=creds.secret_key,
+                AWS_ACCESS_KEY_ID=creds.access_key,
+                AWS_SECRET_ACCESS_KEY=creds.secret_key,
+                AWS_DEFAULT_REGION=env.get("AWS_DEFAULT_REGION", services.S3_REGION),
+            )
         env.update(
             {
                 "DAGSTER_HOME": str(self.data / "dagster_home"),
@@ -76,6 +94,15 @@ class Stack:
                 "TRANSFORMERS_OFFLINE": "1",
             }
         )
+        # The user project the code location serves (`agentflow up --project DIR`, kept in stack.json).
+        if project := self.settings.project_dir or self.load_state().get("project_dir"):
+            env["AGENTFLOW_PROJECT_DIR"] = str(Path(project).resolve())
+        if llm := self.load_state()["services"].get("llm"):
+            # The LLM resource then talks to the local model server, which needs no key (docs/llm.md).
+            env.pop("OPENAI_API_KEY", None)
+            env["OPENAI_BASE_URL"] = llm["address"]
+            env["AGENTFLOW_LLM_MODEL"] = llm["model"]
+            env["AGENTFLOW_LLM_RESPONSE_FORMAT"] = llm_server.RESPONSE_FORMAT
         return env
 
     # --- up -----------------------------------------------------------------------------------
@@ -84,6 +111,8 @@ class Stack:
         self.data.mkdir(parents=True, exist_ok=True)
         state = self.load_state()
         running = state["services"]
+        if self.settings.project_dir:
+            state["project_dir"] = str(self.settings.project_dir.resolve())
         s = self.settings
 
         def ensure(name: str, external: str | None, start: Any) -> None:
@@ -101,10 +130,17 @@ class Stack:
 
         ensure("postgres", s.postgres_url, lambda: services.start_postgres(self.data, s.postgres_port))
         ensure("redis", s.redis_url, lambda: services.start_redis(self.data, s.redis_port))
-        ensure("kafka", s.kafka_bootstrap_servers, lambda: services.start_kafka(self.data, s.kafka_port))
+        ensure("object_store", s.s3_endpoint, lambda: services.start_seaweedfs(self.data, s.s3_port))
+        self.ensure_buckets()
+        ensure("kafka", s.kafka_bootstrap_servers, self._start_kafka)
         # The embedding model, loaded once for every run worker and CLI call (rag/embed_service.py).
         embed_start = lambda: embed_service.start_service(self.data, self.process_env())  # noqa: E731
         ensure("embeddings", embed_service.stack_external(), embed_start)
+        if s.llm_gguf:
+            gguf, port = s.llm_gguf, s.llm_port or services.free_port()
+            args = (s.llm_chat_format, s.llm_server_args)
+            ensure("llm", None, lambda: llm_server.start_llm_server(self.data, gguf, port, *args))
+            running["llm"].setdefault("model", llm_server.model_alias(gguf))
         self.save_state(state)
         self.prepare()
         ensure("dagster_webserver", None, self._start_webserver)
@@ -132,23 +168,56 @@ class Stack:
             lambda: res["kafka"].ensure_topics(names.TOPICS, self.settings.kafka_partitions),
             "check AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS",
         )
-        store = res["object_store"].build()
-        for bucket in names.BUCKETS:
-            _guard(
-                "object_store",
-                addr["object_store"],
-                lambda b=bucket: store.ensure_bucket(b),
-                "check AGENTFLOW_S3_*",
-            )
         home = self.data / "dagster_home"
         home.mkdir(parents=True, exist_ok=True)
-        instance_yaml = (REPO_ROOT / "dagster.yaml").read_text()
-        if self.settings.s3_endpoint:
-            # Replace the repo's local compute log manager with the S3 one (MinIO).
-            instance = yaml.safe_load(instance_yaml)
-            instance.update(yaml.safe_load(_S3_COMPUTE_LOGS.format(endpoint=self.settings.s3_endpoint)))
-            instance_yaml = yaml.safe_dump(instance, sort_keys=False)
-        (home / "dagster.yaml").write_text(instance_yaml)
+        # The repo's dagster.yaml with compute logs in the stack's S3 bucket (SeaweedFS, or MinIO when set).
+        instance = yaml.safe_load((REPO_ROOT / "dagster.yaml").read_text())
+        instance.update(
+            yaml.safe_load(
+                _S3_COMPUTE_LOGS.format(
+                    endpoint=self.s3_url(), local_dir=self.data / "compute_logs", region=services.S3_REGION
+                )
+            )
+        )
+        (home / "dagster.yaml").write_text(yaml.safe_dump(instance, sort_keys=False))
+
+    def s3_url(self) -> str:
+        endpoint = self.addresses()["object_store"]
+        if "://" in endpoint:
+            return endpoint
+        return f"{'https' if self.settings.s3_secure else 'http'}://{endpoint}"
+
+    def buckets(self) -> list[str]:
+        """The DESIGN.md buckets, and the broker's when Tansu keeps its log in this S3 server."""
+        return [
+            *names.BUCKETS,
+            *([services.BROKER_BUCKET] if not self.settings.kafka_bootstrap_servers else []),
+        ]
+
+    def ensure_buckets(self) -> None:
+        from agentflow_dagster.resources_env import build_resources
+
+        store = build_resources(self.settings)["object_store"].build()
+        for bucket in self.buckets():
+            _guard(
+                "object_store",
+                self.addresses()["object_store"],
+                lambda b=bucket: store.ensure_bucket(b),
+                "check AGENTFLOW_S3_ENDPOINT, AGENTFLOW_S3_ACCESS_KEY and AGENTFLOW_S3_SECRET_KEY",
+            )
+
+    def _start_kafka(self) -> Service:
+        """Tansu with its log in the stack's S3 server (topics and offsets survive restarts)."""
+        creds = self.s3_credentials()
+        if creds is None:
+            raise StackError(
+                "kafka",
+                self.addresses()["kafka"],
+                "Tansu keeps its log in S3 but no S3 credentials are known",
+                "set AGENTFLOW_S3_ACCESS_KEY and AGENTFLOW_S3_SECRET_KEY with AGENTFLOW_S3_ENDPOINT",
+            )
+        env = services.s3_storage_env(self.addresses()["object_store"], creds, self.settings.s3_secure)
+        return services.start_kafka(self.data, self.settings.kafka_port, storage_env=env)
 
     def _workspace(self) -> Path:
         path = REPO_ROOT / "workspace.yaml"
@@ -230,10 +299,12 @@ class Stack:
             checks.check_postgres(addr["postgres"]),
             checks.check_redis(addr["redis"]),
             checks.check_kafka(addr["kafka"]),
-            checks.check_object_store(store, addr["object_store"]),
+            checks.check_object_store(store, addr["object_store"], self.buckets()),
             *checks.check_dagster(addr["dagster_webserver"]),
             checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
         ]
+        if llm := self.load_state()["services"].get("llm"):
+            result.append(llm_server.check_llm_server(llm["address"], llm["model"]))
         if (emb := self.load_state()["services"].get("embeddings")) and emb.get("managed"):
             result.append(embed_service.check(emb["address"]))
         return result
@@ -246,8 +317,10 @@ class Stack:
             "metrics",
             "dagster_daemon",
             "dagster_webserver",
+            "llm",
             "embeddings",
             "kafka",
+            "object_store",
             "redis",
             "postgres",
         ):
@@ -284,5 +357,6 @@ compute_logs:
     bucket: dagster-compute-logs
     prefix: compute-logs
     endpoint_url: {endpoint}
-    local_dir: /tmp/dagster-compute-logs
+    region: {region}
+    local_dir: {local_dir}
 """
