@@ -279,7 +279,7 @@ class _Composer:
 
     def obj(self, schema: dict[str, Any]) -> dict[str, Any]:
         props: dict[str, Any] = schema.get("properties", {})
-        required = set(schema.get("required", list(props)))
+        required = set(schema.get("required", []))
         # An optional verdict is left out rather than invented.
         return {
             name: self.value(name, sub)
