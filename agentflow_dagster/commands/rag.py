@@ -15,6 +15,7 @@ import click
 import sqlalchemy as sa
 
 from agentflow_dagster import names
+from agentflow_dagster.commands.progress import LiveProgress
 from agentflow_dagster.events import NAME_PATTERN, DocumentEvent
 from agentflow_dagster.rag.parsers import PARSERS
 from agentflow_dagster.rag.retriever import Retriever
@@ -96,16 +97,53 @@ def ingest(path: Path, collection: str, delete: bool, wait: bool, timeout: float
         expected = _upload(res["object_store"].store, res["kafka"], files, collection, delete)
     if not wait:
         return
-    with _resources("vector_store", "postgres") as idx:
+    model_id = build_resources(get_settings())["embeddings"].model_id
+    with _resources("vector_store", "postgres") as idx, LiveProgress(f"ingest {collection}", "") as bar:
+        engine = idx["postgres"].engine
         deadline = time.monotonic() + timeout
-        while not index_holds(idx["vector_store"].store, idx["postgres"].engine, collection, expected):
+        while not index_holds(idx["vector_store"].store, engine, collection, expected):
             if time.monotonic() > deadline:
                 raise click.ClickException(
                     f"the index of {collection!r} did not include the change within {timeout:.0f}s: is the "
                     "dagster-daemon running (`agentflow status`) and document_sensor on?"
                 )
+            bar.update(*ingest_progress(engine, collection, expected, model_id))
             time.sleep(1.0)
     click.echo(f"index of {collection!r} includes {len(expected)} change(s)")
+
+
+def ingest_progress(
+    engine: sa.Engine, collection: str, expected: dict[str, str | None], model_id: str
+) -> tuple[int, int, str, str]:
+    """(done, total, step, unit) of the pipeline for `expected`, read from its tables as it commits."""
+    added = {k: v for k, v in expected.items() if v is not None}
+    if not added:
+        return 0, len(expected), "document_sensor -> rag_index: removing from the index", "documents"
+    with engine.connect() as conn:
+        docs = conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE version = ANY(:versions)) AS parsed,"
+                " count(*) FILTER (WHERE chunked_version = version AND version = ANY(:versions)) AS chunked"
+                " FROM rag_documents WHERE collection = :c AND key = ANY(:keys)"
+            ),
+            {"c": collection, "keys": list(added), "versions": list(added.values())},
+        ).one()
+        chunks = conn.execute(
+            sa.text(
+                "SELECT count(*) AS total, count(e.content_hash) AS embedded FROM rag_chunks c"
+                " LEFT JOIN rag_embedding_cache e ON e.model = :m AND e.content_hash = c.content_hash"
+                " WHERE c.collection = :c AND c.document = ANY(:keys) AND c.version = ANY(:versions)"
+            ),
+            {"c": collection, "m": model_id, "keys": list(added), "versions": list(added.values())},
+        ).one()
+    n = len(added)
+    if docs.parsed < n:
+        return docs.parsed, n, "document_sensor -> raw_documents: parsing", "documents"
+    if docs.chunked < n:
+        return docs.chunked, n, "document_chunks: chunking", "documents"
+    if chunks.embedded < chunks.total:
+        return chunks.embedded, chunks.total, "chunk_embeddings: embedding", "chunks"
+    return chunks.total, chunks.total, "rag_index: writing the index", "chunks"
 
 
 def _upload(

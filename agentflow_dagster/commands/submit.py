@@ -8,13 +8,16 @@ import secrets
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import sqlalchemy as sa
 from kafka import TopicPartition
 
 from agentflow_dagster import names
+from agentflow_dagster.commands.progress import LiveProgress
 from agentflow_dagster.events import WorkflowRequest, WorkflowResult
 from agentflow_dagster.observability import tracing
 from agentflow_dagster.resources_env import build_resources
@@ -61,16 +64,25 @@ def result_offsets(kafka: KafkaResource, *, beginning: bool = False) -> dict[Top
 
 
 def wait_for_result(
-    kafka: KafkaResource, plan_id: str, start: dict[TopicPartition, int], timeout: float
+    kafka: KafkaResource,
+    plan_id: str,
+    start: dict[TopicPartition, int],
+    timeout: float,
+    on_poll: Callable[[], None] | None = None,
 ) -> WorkflowResult | None:
-    """Read the results topic from `start` until the plan's result arrives or `timeout` passes."""
+    """Read the results topic from `start` until the plan's result arrives or `timeout` passes;
+    `on_poll` runs about once a second meanwhile (progress)."""
     consumer = kafka.consumer()
     try:
         consumer.assign(list(start))
         for tp, offset in start.items():
             consumer.seek(tp, offset)
         deadline = time.monotonic() + timeout
+        polled = 0.0
         while time.monotonic() < deadline:
+            if on_poll is not None and time.monotonic() - polled >= 1.0:
+                polled = time.monotonic()
+                on_poll()
             for messages in consumer.poll(timeout_ms=500).values():
                 for message in messages:
                     try:
@@ -178,6 +190,37 @@ def publish_request(req: WorkflowRequest, kafka: KafkaResource) -> str:
     return traceparent
 
 
+def workflow_progress(engine: sa.Engine, plan_id: str, spec: WorkflowSpec) -> tuple[int, int, str]:
+    """(tasks done, tasks in the spec, current step) from the execution history."""
+    try:
+        with engine.connect() as conn:
+            status = conn.execute(
+                sa.text("SELECT status FROM workflow_runs WHERE plan_id = :p"), {"p": plan_id}
+            ).scalar()
+            # The latest attempt of each task key (fanned-out tasks have one key per item).
+            latest = conn.execute(
+                sa.text(
+                    "SELECT DISTINCT ON (task_id) task_id, status FROM task_runs WHERE plan_id = :p "
+                    "ORDER BY task_id, started_at DESC, id DESC"
+                ),
+                {"p": plan_id},
+            ).all()
+    except sa.exc.SQLAlchemyError as exc:
+        return 0, len(spec.task_ids), f"progress unavailable (Postgres: {type(exc).__name__})"
+    by_task: dict[str, list[str]] = {}
+    for key, task_status in latest:
+        by_task.setdefault(key.split("[", 1)[0], []).append(task_status)
+    done = sum(1 for s in by_task.values() if all(x == "succeeded" for x in s))
+    running = sorted(k for k, s in latest if s == "running")
+    if status is None:
+        step = "waiting for the request sensor"
+    elif running:
+        step = f"{status}: {', '.join(running)}"
+    else:
+        step = str(status)
+    return done, len(spec.task_ids), step
+
+
 def _default_dagster_url() -> str:
     return f"http://127.0.0.1:{get_settings().webserver_port}"
 
@@ -244,7 +287,13 @@ def submit(
         return
     # Both paths end the same way: the run-status sensor publishes one result per run that carries the
     # plan and event tags, which the request sensor and the direct launcher both set.
-    result = wait_for_result(kafka, req.plan_id, start, timeout)
+    engine = build_resources(get_settings())["postgres"].engine
+    with LiveProgress(f"workflow {req.workflow}", "tasks") as bar:
+
+        def show() -> None:
+            bar.update(*workflow_progress(engine, req.plan_id, spec))
+
+        result = wait_for_result(kafka, req.plan_id, start, timeout, on_poll=show)
     if result is None:
         raise click.ClickException(
             f"no result for {req.plan_id} within {timeout:.0f}s (see `agentflow status`)"

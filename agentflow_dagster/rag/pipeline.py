@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -207,9 +208,17 @@ class EmbedStats:
 
 
 def embed_chunks(
-    engine: sa.Engine, collection: str, embedder: Embedder, run_id: str | None, batch_size: int = 256
+    engine: sa.Engine,
+    collection: str,
+    embedder: Embedder,
+    run_id: str | None,
+    batch_size: int = 256,
+    progress: Callable[[int, int, EmbedStats], None] | None = None,
 ) -> EmbedStats:
-    """Embed only texts whose (model, content hash) is not cached; the cache is shared by all collections."""
+    """Embed only texts whose (model, content hash) is not cached; the cache is shared by all collections.
+
+    `progress(done, total, stats)` is called after each committed batch (texts embedded of those missing).
+    """
     model = embedder.model_id
     stats = EmbedStats()
     with engine.connect() as conn:
@@ -250,6 +259,9 @@ def embed_chunks(
         stats.embedded += len(batch)
         stats.embedded_chunk_ids.extend(cid for r in batch for cid in r.ids)
         stats.dimension = int(vecs.shape[1])
+        if progress is not None:
+            stats.seconds = time.perf_counter() - started
+            progress(stats.embedded, len(missing), stats)
     stats.seconds = time.perf_counter() - started
     stats.cache_hits = stats.chunks - len(stats.embedded_chunk_ids)
     if not stats.dimension:

@@ -6,7 +6,13 @@ import dagster as dg
 
 from agentflow_dagster import names
 from agentflow_dagster.rag.chunking import Chunker
-from agentflow_dagster.rag.pipeline import chunk_documents, embed_chunks, index_chunks, sync_documents
+from agentflow_dagster.rag.pipeline import (
+    EmbedStats,
+    chunk_documents,
+    embed_chunks,
+    index_chunks,
+    sync_documents,
+)
 from assets.rag.partitions import collections_partitions
 from resources.embeddings import EmbeddingsResource
 from resources.object_store import ObjectStoreResource
@@ -123,7 +129,26 @@ def document_chunks(
 def chunk_embeddings(
     context: dg.AssetExecutionContext, postgres: PostgresResource, embeddings: EmbeddingsResource
 ) -> dg.MaterializeResult:
-    stats = embed_chunks(postgres.engine, context.partition_key, embeddings.embedder, context.run_id)
+    def progress(done: int, total: int, stats: EmbedStats) -> None:
+        # One log line and one observation per batch: the run's event log and the asset page show
+        # how far a long embedding step is while it runs.
+        context.log.info(f"embedded {done}/{total} chunk texts of {context.partition_key!r}")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=context.asset_key,
+                partition=context.partition_key,
+                metadata={
+                    "embedded": done,
+                    "to_embed": total,
+                    "percent": round(100.0 * done / total, 1) if total else 100.0,
+                    "chunks_per_second": round(stats.chunks_per_second, 1),
+                },
+            )
+        )
+
+    stats = embed_chunks(
+        postgres.engine, context.partition_key, embeddings.embedder, context.run_id, progress=progress
+    )
     return dg.MaterializeResult(
         metadata={
             **_run_metadata(context),
