@@ -24,7 +24,7 @@ COMMANDS = {
     "keys": "keys:keys",
     "api": "api:api",
     "ingest": "rag:ingest",
-    "search": "rag:search",
+    "search": "search:search",
     "submit": "submit:submit",
     "approve": "approve:approve",
     "workflows": "workflows:workflows",

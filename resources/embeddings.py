@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import PrivateAttr
 
 from agentflow_dagster.rag.chunking import default_tokenizer_path
-from agentflow_dagster.rag.embedders import LOCAL_MODEL, Embedder, LocalEmbedder, OpenAIEmbedder
+from agentflow_dagster.rag.embedders import LOCAL_MODEL, Embedder, LocalEmbedder, build_embedder
 
 
 class EmbeddingsResource(dg.ConfigurableResource):
@@ -33,22 +33,17 @@ class EmbeddingsResource(dg.ConfigurableResource):
         self._embedder = self.build()
 
     def build(self) -> Embedder:
-        if self.provider == "local":
-            from agentflow_dagster.rag.embed_service import default_url
-
-            url = None if self.service_url == "off" else (self.service_url or default_url())
-            return LocalEmbedder(
-                self.model_path or None, batch_size=self.batch_size, device=self.device, service_url=url
-            )
-        if self.provider == "openai":
-            return OpenAIEmbedder(
-                self.model,
-                base_url=self.base_url or None,
-                api_key=self.api_key or None,
-                dimensions=self.dimensions or None,
-                batch_size=self.batch_size,
-            )
-        raise ValueError(f"embeddings provider {self.provider!r} is not 'local' or 'openai'")
+        return build_embedder(
+            self.provider,
+            self.model,
+            model_path=self.model_path,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            dimensions=self.dimensions,
+            batch_size=self.batch_size,
+            device=self.device,
+            service_url=self.service_url,
+        )
 
     @property
     def embedder(self) -> Embedder:

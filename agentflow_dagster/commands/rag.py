@@ -1,8 +1,7 @@
-"""`agentflow ingest` (upload documents, emit events, wait for the index) and `agentflow search`."""
+"""`agentflow ingest`: upload documents, emit events, wait for the index (search: commands/search.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -18,7 +17,6 @@ from agentflow_dagster import names
 from agentflow_dagster.commands.progress import LiveProgress
 from agentflow_dagster.events import NAME_PATTERN, DocumentEvent
 from agentflow_dagster.rag.parsers import PARSERS
-from agentflow_dagster.rag.retriever import Retriever
 from agentflow_dagster.rag.store import VectorStore
 from agentflow_dagster.resources_env import build_resources
 from agentflow_dagster.settings import get_settings
@@ -182,25 +180,3 @@ def _upload(
     finally:
         producer.close(timeout=5)
     return expected
-
-
-@click.command()
-@click.argument("query")
-@click.option("--collection", "-c", required=True)
-@click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 100))
-@click.option("--mode", type=click.Choice(["hybrid", "vector", "text"]), default="hybrid", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON array of hits (for scripts).")
-def search(query: str, collection: str, k: int, mode: str, as_json: bool) -> None:
-    """Print the top K chunks of COLLECTION for QUERY with score and source document."""
-    _check_collection(collection)
-    with _resources("embeddings", "vector_store") as res:
-        retriever = Retriever(res["embeddings"].embedder, res["vector_store"].store)
-        hits = retriever.search(query, collection, k, mode=mode)  # type: ignore[arg-type]
-    if as_json:
-        click.echo(json.dumps([h.model_dump() for h in hits], indent=2))
-        return
-    if not hits:
-        click.echo(f"no hits in {collection!r} (is it indexed? agentflow ingest ... --wait)")
-    for i, h in enumerate(hits, start=1):
-        snippet = " ".join(h.text.split())[:160]
-        click.echo(f"{i:2}. {h.score:.4f}  {h.document} [{h.start}:{h.end}] v{h.version[:12]}\n    {snippet}")

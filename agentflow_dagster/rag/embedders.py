@@ -180,3 +180,48 @@ class OpenAIEmbedder:
             arr /= np.maximum(np.linalg.norm(arr, axis=1, keepdims=True), 1e-12)
             self._dim = arr.shape[1]
         return arr
+
+
+def build_embedder(
+    provider: str = "local",
+    model: str = LOCAL_MODEL,
+    *,
+    model_path: str = "",
+    base_url: str = "",
+    api_key: str = "",
+    dimensions: int = 0,
+    batch_size: int = 64,
+    device: str = "cpu",
+    service_url: str = "",
+) -> Embedder:
+    """The embedder for a provider ("local" or "openai"); the resource and the CLI share it.
+
+    `service_url` for "local": "" = the embedding service's default address, "off" = in-process.
+    """
+    if provider == "local":
+        from agentflow_dagster.rag.embed_service import default_url
+
+        url = None if service_url == "off" else (service_url or default_url())
+        return LocalEmbedder(model_path or None, batch_size=batch_size, device=device, service_url=url)
+    if provider == "openai":
+        return OpenAIEmbedder(
+            model,
+            base_url=base_url or None,
+            api_key=api_key or None,
+            dimensions=dimensions or None,
+            batch_size=batch_size,
+        )
+    raise ValueError(f"embeddings provider {provider!r} is not 'local' or 'openai'")
+
+
+def embedder_from_env() -> Embedder:
+    """What resources_env configures, read without Dagster (the CLI's fast path)."""
+    provider = os.environ.get("AGENTFLOW_EMBEDDINGS_PROVIDER", "local")
+    remote = provider == "openai"
+    base_url = os.environ.get("OPENAI_BASE_URL") or os.environ.get("AGENTFLOW_OPENAI_BASE_URL") or ""
+    return build_embedder(
+        provider,
+        os.environ.get("AGENTFLOW_EMBEDDINGS_MODEL", LOCAL_MODEL),
+        base_url=base_url if remote else "",
+        api_key=os.environ.get("OPENAI_API_KEY", "") if remote else "",
+    )

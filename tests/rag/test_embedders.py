@@ -171,3 +171,36 @@ def test_service_names_a_bad_request(embed_service: str) -> None:
     resp = conn.getresponse()
     assert resp.status == 400 and b"'texts' must be a list of strings" in resp.read()
     conn.close()
+
+
+def test_search_command_uses_the_service_and_imports_neither_torch_nor_dagster(
+    embed_service: str, pg_url: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from agentflow_dagster.rag.embedders import LocalEmbedder
+    from agentflow_dagster.rag.pgvector_store import PgVectorStore
+    from agentflow_dagster.rag.store import VectorRecord
+
+    texts = ["Pyroclastic flows race down volcano slopes.", "Sourdough rises overnight in the fridge."]
+    vecs = LocalEmbedder(service_url=embed_service).embed(texts)
+    records = [
+        VectorRecord(f"c{i}", f"doc{i}.txt", "v1", 0, 0, len(t), t, v.tolist())
+        for i, (t, v) in enumerate(zip(texts, vecs, strict=True))
+    ]
+    store = PgVectorStore(pg_url)
+    store.rebuild("searchcli", records, model="local:all-MiniLM-L6-v2", dim=384)
+    store.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFLOW_")}
+    env.update(AGENTFLOW_POSTGRES_URL=pg_url, AGENTFLOW_EMBED_URL=embed_service)
+    args = [sys.executable, "-X", "importtime", "-m", "agentflow_dagster", "search", "hot volcanic ash flow"]
+    out = subprocess.run(
+        [*args, "-c", "searchcli", "-k", "1", "--json"], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)[0]["document"] == "doc0.txt"
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines() if "|" in line}
+    assert not {"torch", "dagster", "sentence_transformers"} & imported
+    assert "embedding service" not in out.stderr  # no fallback line: the service answered
