@@ -1,9 +1,13 @@
-"""Object store: MinIO/S3 through the `minio` client, or a local directory behind the same interface."""
+"""Object store: S3 (SeaweedFS locally, MinIO in production) through the `minio` client.
+
+A local directory behind the same interface remains as an explicit opt-in (`local_dir`) for unit tests.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -188,13 +192,17 @@ class MinioObjectStore:
 
 
 class ObjectStoreResource(dg.ConfigurableResource):
-    """Local directory when `endpoint` is empty, otherwise MinIO/S3 at `endpoint`."""
+    """S3 at `endpoint`; keys given, or read from `credentials_file` (the embedded server's generated keys).
 
-    local_dir: str = ".agentflow/objects"
+    `local_dir` without an endpoint is the explicit opt-in for a directory instead of S3.
+    """
+
     endpoint: str = ""
     access_key: str = ""
     secret_key: str = ""
+    credentials_file: str = ""
     secure: bool = False
+    local_dir: str = ""
 
     _store: ObjectStore | None = PrivateAttr(default=None)
 
@@ -203,11 +211,30 @@ class ObjectStoreResource(dg.ConfigurableResource):
 
     def build(self) -> ObjectStore:
         if self.endpoint:
-            return MinioObjectStore(self.endpoint, self.access_key, self.secret_key, self.secure)
-        return LocalObjectStore(self.local_dir)
+            access_key, secret_key = self.access_key, self.secret_key
+            if not (access_key and secret_key) and self.credentials_file:
+                access_key, secret_key = _read_credentials(self.credentials_file, self.endpoint)
+            return MinioObjectStore(self.endpoint, access_key, secret_key, self.secure)
+        if self.local_dir:
+            return LocalObjectStore(self.local_dir)
+        raise ValueError(
+            "ObjectStoreResource: no endpoint: set AGENTFLOW_S3_ENDPOINT (or run `agentflow up` for the "
+            "embedded S3 server), or pass local_dir=... to opt into a local directory"
+        )
 
     @property
     def store(self) -> ObjectStore:
         if self._store is None:
             self._store = self.build()
         return self._store
+
+
+def _read_credentials(path: str, endpoint: str) -> tuple[str, str]:
+    try:
+        raw = json.loads(Path(path).read_text())
+        return str(raw["access_key"]), str(raw["secret_key"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise ObjectStoreError(
+            f"no S3 keys for {endpoint}: {path} is missing or unreadable ({exc}); run `agentflow up` to "
+            "start the embedded S3 server, or set AGENTFLOW_S3_ACCESS_KEY and AGENTFLOW_S3_SECRET_KEY"
+        ) from exc

@@ -84,13 +84,15 @@ def check_kafka(bootstrap: str) -> Check:
     return _run("kafka", bootstrap, probe)
 
 
-def check_object_store(store: Any, address: str) -> Check:
+def check_object_store(store: Any, address: str, expected: list[str] | None = None) -> Check:
+    """A signed S3 ListBuckets call; healthy when every expected bucket is there."""
+
     def probe() -> str:
         buckets = set(store.list_buckets())
-        missing = [b for b in names.BUCKETS if b not in buckets]
+        missing = [b for b in expected or names.BUCKETS if b not in buckets]
         if missing:
             raise RuntimeError(f"buckets missing: {', '.join(missing)}")
-        return f"{len(buckets)} buckets"
+        return f"S3 ListBuckets: {len(buckets)} buckets"
 
     return _run("object_store", address, probe)
 

