@@ -27,10 +27,13 @@ from dagster._utils import ensure_file, touch_file
 
 
 def default_base_dir() -> str:
-    """Where Dagster's default LocalComputeLogManager writes: $DAGSTER_HOME/storage."""
+    """Where Dagster's default LocalComputeLogManager writes: $DAGSTER_HOME/storage (without
+    DAGSTER_HOME, i.e. `dagster dev` in a checkout: next to that instance's SQLite storage)."""
     home = os.environ.get("DAGSTER_HOME")
     if not home:
-        raise ValueError("RedirectComputeLogManager: set base_dir or DAGSTER_HOME")
+        from agentflow_dagster.instance.storage import checkout_instance_dir
+
+        return str(checkout_instance_dir() / "storage")
     return os.path.join(home, "storage")
 
 

@@ -7,14 +7,24 @@ workflow run plus the daemons' polling. Here the run, event log and schedule sto
 share one pooled engine; a connection idle for a second or more is pinged before use
 (`agentflow_dagster.db.ping_when_idle`), so a Postgres restart costs a reconnect, not an error.
 Tables are still created by the stock classes when missing; the check runs once per process and URL.
+
+`postgres_url: {env: VAR}` is resolved here rather than by Dagster's config layer, so an unset variable
+is reported in one line instead of a config traceback: with DAGSTER_HOME set (the stack, compose,
+Kubernetes) it is an error naming `agentflow up` and the variable; without DAGSTER_HOME, i.e. a Dagster
+CLI's temporary instance in a checkout (`dagster dev`, `dagster definitions validate`), the instance
+uses Dagster's default SQLite storage under `$AGENTFLOW_DATA_DIR/dagster_dev` and says so.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, cast
 
+import click
 import dagster as dg
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.config import pg_config
@@ -26,6 +36,9 @@ from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
 from agentflow_dagster.db import ping_when_idle
+
+log = logging.getLogger("agentflow.instance")
+_warned = False
 
 _checked: set[str] = set()
 _checked_lock = threading.Lock()
@@ -92,6 +105,8 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     def config_type(cls) -> dict[str, Any]:
         return {
             **cast(Mapping[str, Any], pg_config()),
+            # A URL or {env: VAR}, resolved in from_config_value (see the module docstring).
+            "postgres_url": dg.Field(dg.Any, is_required=False),
             "pool_size": dg.Field(int, is_required=False, default_value=2),
             "max_overflow": dg.Field(int, is_required=False, default_value=20),
             "pool_recycle": dg.Field(int, is_required=False, default_value=3600),
@@ -100,7 +115,15 @@ class PooledPostgresStorage(DagsterPostgresStorage):
     @classmethod
     def from_config_value(  # type: ignore[override]
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
-    ) -> PooledPostgresStorage:
+    ) -> DagsterStorage:
+        url = config_value.get("postgres_url")
+        if isinstance(url, Mapping):
+            variable = str(url.get("env", ""))
+            if not variable or set(url) != {"env"}:
+                raise click.ClickException(f"storage postgres_url {dict(url)!r}: give a URL or {{env: VAR}}")
+            if not os.environ.get(variable):
+                return _without_postgres_url(variable)
+            config_value = {**config_value, "postgres_url": os.environ[variable]}
         return cls(
             pg_url_from_config(config_value),
             config_value.get("should_autocreate_tables", True),
@@ -110,6 +133,38 @@ class PooledPostgresStorage(DagsterPostgresStorage):
             max_overflow=config_value.get("max_overflow", 20),
             pool_recycle=config_value.get("pool_recycle", 3600),
         )
+
+
+def _without_postgres_url(variable: str) -> DagsterStorage:
+    """The instance's storage when its Postgres URL variable is unset (see the module docstring)."""
+    if os.environ.get("DAGSTER_HOME"):
+        # ClickException: the Dagster CLIs print this one line (no traceback) and exit 1.
+        raise click.ClickException(
+            f"{variable} is not set, and $DAGSTER_HOME/dagster.yaml keeps Dagster's runs in Postgres: "
+            f"start the local stack with `agentflow up` (it sets {variable} for Dagster's processes), "
+            f"or export {variable}=postgresql+psycopg2://USER@HOST:PORT/DB"
+        )
+    from dagster._core.storage.sqlite_storage import DagsterSqliteStorage
+
+    global _warned
+    base = checkout_instance_dir()
+    if not _warned:  # once per process, not once per storage kind
+        _warned = True
+        log.warning(
+            "%s is not set and DAGSTER_HOME is unset: Dagster's SQLite storage in %s (for `dagster dev` "
+            "or `dagster definitions validate` in a checkout; `agentflow up` runs the Postgres-backed "
+            "stack)",
+            variable,
+            base,
+        )
+    return DagsterSqliteStorage.from_local(str(base))
+
+
+def checkout_instance_dir() -> Path:
+    """Where a Dagster CLI's temporary instance in a checkout (no DAGSTER_HOME) keeps its state."""
+    from agentflow_dagster.settings import Settings
+
+    return Settings().data_path / "dagster_dev"
 
 
 def _once_true(check: Callable[..., bool], *, by_arg: bool = False) -> Callable[..., bool]:

@@ -207,16 +207,15 @@ def test_redirect_compute_logs_capture_without_mirror_processes(tmp_path: Path) 
     assert data.stdout == b"from python\n" and data.stderr == b"from a child"
 
 
-def test_redirect_compute_logs_default_dir_needs_a_home(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_redirect_compute_logs_default_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from agentflow_dagster.instance.compute_logs import RedirectComputeLogManager
 
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     assert RedirectComputeLogManager()._base_dir == str(tmp_path / "storage")
+    # No home: a Dagster CLI's temporary instance in a checkout (`dagster dev`), next to its SQLite storage.
     monkeypatch.delenv("DAGSTER_HOME")
-    with pytest.raises(ValueError, match="set base_dir or DAGSTER_HOME"):
-        RedirectComputeLogManager()
+    monkeypatch.setenv("AGENTFLOW_DATA_DIR", str(tmp_path / "data"))
+    assert RedirectComputeLogManager()._base_dir == str(tmp_path / "data" / "dagster_dev" / "storage")
 
 
 def _reflections(monkeypatch: pytest.MonkeyPatch, action: Callable[[], object], n: int = 10) -> int:
