@@ -81,6 +81,15 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> tuple[Path,
     return js, md
 
 
+def finish(base: str, label: str, data: dict[str, Any], markdown: str, plot: Callable[..., None]) -> None:
+    """Write <base>[_<label>].{json,md,png} and print the Markdown page."""
+    name = base + (f"_{label}" if label else "")
+    plot(data, name)
+    js, md = write_results(name, data, markdown)
+    print(md.read_text())
+    print(f"wrote {js}, {md}, {plot_path(name)}")
+
+
 def plot_path(name: str) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     return RESULTS / f"{name}.png"

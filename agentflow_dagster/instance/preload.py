@@ -43,6 +43,11 @@ MODULES = (
     "upath.core",
     "upath.implementations.local",
     "agentflow_dagster.llm.openai_compat",
+    # Retrieval: the embedding service's client (the model itself lives in that service; torch is
+    # deliberately not imported here: a worker forked after torch ran its thread pool can hang).
+    "http.client",
+    "agentflow_dagster.rag.embed_service",
+    "agentflow_dagster.rag.embedders",
     "opentelemetry.instrumentation.sqlalchemy",
     "opentelemetry.instrumentation.redis",
     "opentelemetry.instrumentation.kafka",

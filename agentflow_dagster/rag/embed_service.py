@@ -74,6 +74,8 @@ class EmbedClient:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
             self._local.conn, self._local.pid = conn, os.getpid()
         conn.timeout = timeout
+        if conn.sock is not None:  # a kept-alive socket keeps the timeout it was opened with
+            conn.sock.settimeout(timeout)
         return conn
 
     def _request(self, method: str, path: str, body: bytes | None, timeout: float) -> tuple[int, Any, bytes]:
@@ -102,7 +104,10 @@ class EmbedClient:
         body = json.dumps({"texts": list(texts), "batch_size": batch_size}).encode()
         import numpy as np  # here, not at import: `agentflow status` imports this module
 
-        status, headers, raw = self._request("POST", "/embed", body, self.timeout)
+        # One request per call keeps the batches what an in-process encode would make (identical
+        # vectors), so a large call gets time in proportion: ~0.1 s per text on a busy 2-core host.
+        timeout = self.timeout + 0.1 * len(texts)
+        status, headers, raw = self._request("POST", "/embed", body, timeout)
         if status != 200:
             raise EmbedServiceError(
                 f"{self.url}/embed answered HTTP {status}: {raw[:300].decode(errors='replace')}"
