@@ -9,6 +9,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || need_apt+=(docker-compose)  # validates deploy/compose.yaml offline
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)  # runs the Grafana panels' queries in tests
+command -v dot >/dev/null 2>&1 || need_apt+=(graphviz)  # docs/architecture.svg from docs/architecture.dot
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -26,13 +28,13 @@ fi
 . .venv/bin/activate
 
 stamp=.venv/.agentflow-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml .ci/constraints.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages (torch 2.13.0 CPU first)"
   python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
   # Any other torch requirement pulls several GB of CUDA wheels: pin the local CPU build first.
   python -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
-  python -m pip install -q -e ".[embeddings,dev]" 2>&1 | grep -v "is ignored" || true
+  python -m pip install -q -e ".[embeddings,dev]" -c .ci/constraints.txt 2>&1 | grep -v "is ignored" || true
   python -c "import torch, dagster, agentflow_dagster; assert torch.__version__.startswith('2.13.0')"
   echo "$want" > "$stamp"
 fi

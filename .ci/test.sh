@@ -9,6 +9,7 @@ echo "== ruff"
 ruff check .
 ruff format --check .
 echo "== mypy"; mypy agentflow_dagster assets ops sensors resources
+echo "== imports"; python .ci/check_imports.py  # every import declared in pyproject.toml, none unused
 echo "== security"; bash .ci/security.sh
 echo "== pytest"
 set +e

@@ -1,10 +1,17 @@
-"""The gateway's own Prometheus metrics (one registry per app; no tenant labels on a public endpoint)."""
+"""The gateway's own Prometheus metrics (one registry per app; no tenant labels on a public endpoint).
+
+With several worker processes (`agentflow api --workers N`), PROMETHEUS_MULTIPROC_DIR is set and every
+worker writes its values to files there; /metrics then sums all workers (prometheus_client's
+multiprocess mode), so a scrape answered by any worker shows the whole server.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -43,8 +50,19 @@ class ApiMetrics:
         self.approvals = Counter(
             "agentflow_api_approvals", "Approval decisions published", ["decision"], registry=self.registry
         )
+        self.open_streams = Gauge(
+            "agentflow_api_open_streams",
+            "Server-sent event streams open now",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
 
     def render(self) -> bytes:
+        """This app's metrics, or every worker's summed when running in multiprocess mode."""
+        if path := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=path)
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 

@@ -7,14 +7,15 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 from opentelemetry.trace import SpanKind
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from agentflow_dagster import names
 from agentflow_dagster.api.auth import AUTH_RESPONSES, Principal, get_ctx, require, too_many
@@ -41,6 +42,8 @@ from sensors.workflow_requests import inputs_key, trace_id_from
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
 
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,254}$"
+# Threads the event streams of one app may use at once for their reads (each poll takes one briefly).
+SSE_POLL_THREADS = 8
 PlanId = Path(pattern=PLAN_ID_PATTERN, description="from the 202 answer of POST /v1/workflows")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": Error, "description": "no such plan for this tenant"}
@@ -418,57 +421,76 @@ def get_workflow(
     )
 
 
-def _sse(event: str, data: dict[str, Any], seq: int) -> str:
-    return f"id: {seq}\nevent: {event}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
+def _poll(
+    ctx: ApiContext, plan_id: str, tenant: str, seen_tasks: dict[int, tuple[Any, ...]]
+) -> tuple[list[tuple[str, dict[str, Any]]], dict[str, Any]]:
+    """One look at the plan (blocking reads, run in a worker thread): changed task attempts, plan row."""
+    row = _plan_row(ctx, plan_id, tenant) or {"status": "unknown"}
+    with ctx.engine.connect() as conn:
+        attempts = conn.execute(
+            sa.text(
+                "SELECT id, task_id, agent, attempt, status, reused, error, input_tokens, output_tokens, "
+                "started_at, finished_at FROM task_runs WHERE plan_id = :p ORDER BY id"
+            ),
+            {"p": plan_id},
+        ).all()
+    changed = []
+    for a in attempts:
+        fingerprint = (a.status, a.finished_at, a.error)
+        if seen_tasks.get(a.id) != fingerprint:
+            seen_tasks[a.id] = fingerprint
+            changed.append(("task", {k: v for k, v in a._mapping.items() if k != "id"}))
+    return changed, row
 
 
-def _progress(ctx: ApiContext, plan_id: str, tenant: str, max_s: float) -> Iterator[str]:
-    """status/task events on every change, `end` when the workflow finishes, `timeout` at the bound."""
+async def _progress(
+    ctx: ApiContext, request: Request, plan_id: str, tenant: str, max_s: float
+) -> AsyncIterator[ServerSentEvent]:
+    """status/task events on every change, `end` when the workflow finishes, `timeout` at the bound.
+
+    Async: an open stream holds no thread. Each poll borrows one from a small per-app pool for its reads,
+    so streams can never starve the request handlers; a client that goes away cancels this generator
+    (sse-starlette watches for the disconnect), and the open-streams gauge goes down with it.
+    """
+    if getattr(request.app.state, "sse_limiter", None) is None:
+        request.app.state.sse_limiter = anyio.CapacityLimiter(SSE_POLL_THREADS)
+    limiter = request.app.state.sse_limiter
     deadline = time.monotonic() + max_s
     seen_status: str | None = None
     seen_tasks: dict[int, tuple[Any, ...]] = {}
     seq = 0
-    last_sent = time.monotonic()
-    while True:
-        row = _plan_row(ctx, plan_id, tenant) or {"status": "unknown"}
-        with ctx.engine.connect() as conn:
-            attempts = conn.execute(
-                sa.text(
-                    "SELECT id, task_id, agent, attempt, status, reused, error, input_tokens, output_tokens, "
-                    "started_at, finished_at FROM task_runs WHERE plan_id = :p ORDER BY id"
-                ),
-                {"p": plan_id},
-            ).all()
-        for a in attempts:
-            fingerprint = (a.status, a.finished_at, a.error)
-            if seen_tasks.get(a.id) != fingerprint:
-                seen_tasks[a.id] = fingerprint
-                seq += 1
-                yield _sse("task", {k: v for k, v in a._mapping.items() if k != "id"}, seq)
-                last_sent = time.monotonic()
-        status = str(row["status"])
-        if status != seen_status:
-            seen_status = status
-            seq += 1
-            yield _sse("status", {"plan_id": plan_id, "status": status, "error": row.get("error")}, seq)
-            last_sent = time.monotonic()
-        if status in TERMINAL:
-            seq += 1
-            yield _sse("end", {"plan_id": plan_id, "status": status}, seq)
-            return
-        if time.monotonic() >= deadline:
-            seq += 1
-            yield _sse("timeout", {"plan_id": plan_id, "status": status, "after_s": max_s}, seq)
-            return
-        if time.monotonic() - last_sent > 15:
-            yield ": keep-alive\n\n"  # proxies close idle streams
-            last_sent = time.monotonic()
-        time.sleep(min(ctx.config.sse_poll_s, max(0.0, deadline - time.monotonic())))
+
+    def event(name: str, data: dict[str, Any]) -> ServerSentEvent:
+        nonlocal seq
+        seq += 1
+        return ServerSentEvent(json.dumps(data, default=str, separators=(",", ":")), event=name, id=str(seq))
+
+    ctx.metrics.open_streams.inc()
+    try:
+        while True:
+            changed, row = await anyio.to_thread.run_sync(
+                _poll, ctx, plan_id, tenant, seen_tasks, limiter=limiter
+            )
+            for name, data in changed:
+                yield event(name, data)
+            status = str(row["status"])
+            if status != seen_status:
+                seen_status = status
+                yield event("status", {"plan_id": plan_id, "status": status, "error": row.get("error")})
+            if status in TERMINAL:
+                yield event("end", {"plan_id": plan_id, "status": status})
+                return
+            if time.monotonic() >= deadline:
+                yield event("timeout", {"plan_id": plan_id, "status": status, "after_s": max_s})
+                return
+            await anyio.sleep(min(ctx.config.sse_poll_s, max(0.0, deadline - time.monotonic())))
+    finally:
+        ctx.metrics.open_streams.dec()
 
 
 @router.get(
     "/{plan_id}/events",
-    response_class=StreamingResponse,
+    response_class=EventSourceResponse,
     responses={
         200: {
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -480,17 +502,19 @@ def _progress(ctx: ApiContext, plan_id: str, tenant: str, max_s: float) -> Itera
     summary="Server-sent events with task progress until the workflow finishes (bounded)",
 )
 def workflow_events(
+    request: Request,
     plan_id: str = PlanId,
     timeout_s: float | None = Query(default=None, gt=0, le=86400, description="stop after this many seconds"),
     principal: Principal = Depends(require("read")),
     ctx: ApiContext = Depends(get_ctx),
-) -> StreamingResponse:
-    """Events: `task` (an attempt changed), `status`, then `end` or `timeout`."""
+) -> EventSourceResponse:
+    """Events: `task` (an attempt changed), `status`, then `end` or `timeout`; a comment ping every 15 s."""
     _owned_plan(ctx, plan_id, principal)
     max_s = min(timeout_s or ctx.config.sse_max_s, ctx.config.sse_max_s)
-    return StreamingResponse(
-        _progress(ctx, plan_id, principal.tenant, max_s),
-        media_type="text/event-stream",
+    return EventSourceResponse(
+        _progress(ctx, request, plan_id, principal.tenant, max_s),
+        ping=15,  # proxies close idle streams
+        sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 

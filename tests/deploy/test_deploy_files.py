@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -386,15 +387,35 @@ def test_dockerfile() -> None:
     assert any(ln.startswith("HEALTHCHECK ") for ln in lines)
     torch_at = text.index('"torch==${TORCH_VERSION}"')
     assert "download.pytorch.org/whl/cpu" in text and "ARG TORCH_VERSION=2.13.0" in text
-    assert torch_at < text.index('pip install ".[embeddings]"'), (
-        "install CPU torch before the embeddings extra"
-    )
+    install = re.search(r'pip install -c constraints\.txt "\.\[([a-z,-]+)\]"', text)
+    assert install and torch_at < install.start(), "install CPU torch before the extras, with the constraints"
+    # The Helm values run each workflow with K8sRunLauncher: the image must carry dagster-k8s.
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    image_reqs = [r for extra in install.group(1).split(",") for r in project["optional-dependencies"][extra]]
+    launcher = yaml.safe_load((K8S / "dagster-values.yaml").read_text())["runLauncher"]["type"]
+    assert launcher != "K8sRunLauncher" or any(r.startswith("dagster-k8s==") for r in image_reqs), image_reqs
+    dagster_pin = next(r for r in project["dependencies"] if r.startswith("dagster-postgres=="))
+    assert f"dagster-k8s=={dagster_pin.split('==')[1]}" in image_reqs, "libraries share the 0.x pin"
     for ln in lines:
         if ln.startswith("COPY ") and "--from=" not in ln:
             for src in [a for a in ln.split()[1:-1] if not a.startswith("--")]:
                 assert (ROOT / src).exists(), f"Dockerfile copies a missing path: {src}"
     ignore = (DEPLOY / "Dockerfile.dockerignore").read_text()
-    assert "!deploy/docker/*.sh" in ignore
+    assert "!deploy/docker/*.sh" in ignore and "!.ci/constraints.txt" in ignore
+
+
+def test_compose_s3_credentials_match_the_local_stack(compose: dict[str, Any]) -> None:
+    """The app services get the S3 variables `agentflow up` gives its processes (stack.process_env)."""
+    stack_src = (ROOT / "agentflow_dagster" / "stack" / "stack.py").read_text()
+    stack_names = set(re.findall(r"\b((?:AGENTFLOW_S3|AWS)_[A-Z_]+)=", stack_src))
+    assert {"AGENTFLOW_S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} <= stack_names
+    for name in APP_SERVICES:
+        env = compose["services"][name]["environment"]
+        compose_names = {k for k in env if k.startswith(("AGENTFLOW_S3_", "AWS_"))}
+        creds = {k for k in compose_names if "KEY" in k}
+        assert creds == {n for n in stack_names if "KEY" in n}, (name, creds, stack_names)
+        assert env["AWS_ACCESS_KEY_ID"] == env["AGENTFLOW_S3_ACCESS_KEY"]
+        assert env["AWS_SECRET_ACCESS_KEY"] == env["AGENTFLOW_S3_SECRET_KEY"]
 
 
 def test_entrypoint_scripts_parse() -> None:
