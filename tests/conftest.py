@@ -12,6 +12,8 @@ import pytest
 from agentflow_dagster import names
 from agentflow_dagster.db import migrate
 from agentflow_dagster.stack import services
+from resources.object_store import ObjectStore
+from tests.support.seaweed import SeaweedServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,8 +58,38 @@ def kafka_bootstrap(servers_dir: Path) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def object_store_dir(servers_dir: Path) -> Path:
-    """A local object-store root with the DESIGN.md buckets."""
+def s3_server(servers_dir: Path) -> Iterator[SeaweedServer]:
+    """SeaweedFS (the embedded S3 server) on free ports with the DESIGN.md buckets.
+
+    Its keys are in servers_dir/seaweedfs and AGENTFLOW_S3_PORT names its port for this session, so
+    `Settings(data_dir=servers_dir)` (and any process started from here) finds it as `agentflow up`'s.
+    """
+    server = SeaweedServer(servers_dir).start()
+    saved = os.environ.get("AGENTFLOW_S3_PORT")
+    os.environ["AGENTFLOW_S3_PORT"] = str(server.port)
+    try:
+        server.store()
+        yield server
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("AGENTFLOW_S3_PORT", None)
+        else:
+            os.environ["AGENTFLOW_S3_PORT"] = saved
+
+
+@pytest.fixture(scope="session")
+def object_store(s3_server: SeaweedServer) -> ObjectStore:
+    """The S3 object store of the session's SeaweedFS."""
+    return s3_server.store()
+
+
+@pytest.fixture(scope="session")
+def object_store_dir(servers_dir: Path, s3_server: SeaweedServer) -> Path:
+    """The data directory's local-directory root (explicit opt-in, `local_dir=`) with the DESIGN.md buckets.
+
+    Settings built on its parent reach the session's SeaweedFS, as the platform always talks S3.
+    """
     from resources.object_store import LocalObjectStore
 
     root = servers_dir / "objects"

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from agentflow_dagster import names
 from agentflow_dagster.events import DocumentEvent
-from resources.object_store import LocalObjectStore
+from resources.object_store import ObjectStore
 from tests.api.conftest import Keys, read_topic
 
 
@@ -19,7 +19,7 @@ def _collection() -> str:
 
 
 def test_upload_stores_the_object_and_emits_one_event(
-    client: TestClient, keys: Keys, kafka_bootstrap: str, object_store_dir: Path
+    client: TestClient, keys: Keys, kafka_bootstrap: str, object_store: ObjectStore
 ) -> None:
     coll = _collection()
     data = b"# Refunds\nRefunds take 5 business days.\n"
@@ -32,7 +32,7 @@ def test_upload_stores_the_object_and_emits_one_event(
     assert r.status_code == 202, r.text
     body = r.json()
     assert body["key"] == f"{coll}/policies/refunds.md" and body["bucket"] == names.BUCKET_DOCUMENTS
-    assert LocalObjectStore(object_store_dir).get(names.BUCKET_DOCUMENTS, body["key"]) == data
+    assert object_store.get(names.BUCKET_DOCUMENTS, body["key"]) == data
     events = [
         DocumentEvent.model_validate_json(rec.value)
         for rec in read_topic(kafka_bootstrap, names.TOPIC_DOCUMENTS)

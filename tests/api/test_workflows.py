@@ -6,7 +6,6 @@ import json
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -17,7 +16,7 @@ from agentflow_dagster.api.config import ApiConfig
 from agentflow_dagster.events import WorkflowRequest, plan_id_for
 from agentflow_dagster.settings import Settings
 from agentflow_dagster.workflows.spec import WorkflowSpec
-from resources.object_store import LocalObjectStore
+from resources.object_store import ObjectStore
 from sensors.workflow_requests import trace_id_from
 from tests.api.conftest import Keys, read_topic
 
@@ -139,7 +138,7 @@ def test_inputs_are_validated_against_the_spec(client: TestClient, keys: Keys) -
 
 
 def test_large_inputs_travel_by_reference(
-    client: TestClient, keys: Keys, kafka_bootstrap: str, object_store_dir: Path
+    client: TestClient, keys: Keys, kafka_bootstrap: str, object_store: ObjectStore
 ) -> None:
     message = "long message " * 400  # above the test's inline_input_limit of 1 KiB
     r = client.post(
@@ -150,7 +149,7 @@ def test_large_inputs_travel_by_reference(
     assert r.status_code == 202, r.text
     [req] = _requests_for(kafka_bootstrap, r.json()["event_id"])
     assert req.inputs == {} and req.inputs_ref == f"requests/{r.json()['plan_id']}.json"
-    stored = json.loads(LocalObjectStore(object_store_dir).get(names.BUCKET_ARTIFACTS, req.inputs_ref))
+    stored = json.loads(object_store.get(names.BUCKET_ARTIFACTS, req.inputs_ref))
     assert stored["message"] == message
 
 

@@ -1,4 +1,4 @@
-"""The S3 object store (moto on loopback) goes away during ingestion.
+"""The S3 object store (SeaweedFS, as `agentflow up` starts it) goes away during ingestion.
 
 Back within the RAG retry window: the same run completes. Down for longer: the run fails after its
 retries, writes nothing, and a re-materialization completes.
@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,41 +19,22 @@ import pytest
 import sqlalchemy as sa
 
 from agentflow_dagster import names
-from agentflow_dagster.stack.services import free_port
 from assets.rag import COLLECTIONS, rag_assets, rag_checks
 from assets.rag.assets import RAG_RETRY_POLICY
 from resources.embeddings import EmbeddingsResource
-from resources.object_store import ObjectStoreError, ObjectStoreResource
+from resources.object_store import ObjectStoreError
 from resources.postgres import PostgresResource
 from resources.vector_store import VectorStoreResource
 from tests.rag.corpus import corpus
+from tests.support.seaweed import SeaweedServer
 
 pytestmark = pytest.mark.slow
 
 
-class Moto:
-    """moto's S3 server on one port; stopping it keeps its buckets (they live in this process)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.server: Any = None
-
-    def start(self) -> None:
-        from moto.server import ThreadedMotoServer
-
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-
 @pytest.fixture
-def moto() -> Iterator[Moto]:
-    server = Moto()
-    server.start()
+def seaweed(tmp_path: Path) -> Iterator[SeaweedServer]:
+    """A SeaweedFS of this test only: stopping it (SIGTERM by pid) and starting it keeps its data and port."""
+    server = SeaweedServer(tmp_path / "s3").start()
     try:
         yield server
     finally:
@@ -64,7 +46,7 @@ COUNT = "SELECT count(*) FROM rag_documents WHERE collection = :c"
 
 @dataclass
 class Ingestion:
-    """One collection of the test corpus in moto S3, and the RAG assets materialized on one instance."""
+    """One collection of the test corpus in S3, and the RAG assets materialized on one instance."""
 
     resources: dict[str, Any]
     collection: str
@@ -85,10 +67,8 @@ class Ingestion:
 
 
 @pytest.fixture
-def ingestion(moto: Moto, pg_url: str, embeddings: EmbeddingsResource) -> Iterator[Ingestion]:
-    store_res = ObjectStoreResource(
-        endpoint=f"127.0.0.1:{moto.port}", access_key="test", secret_key="test-secret"
-    )
+def ingestion(seaweed: SeaweedServer, pg_url: str, embeddings: EmbeddingsResource) -> Iterator[Ingestion]:
+    store_res = seaweed.resource()
     resources = {
         "postgres": PostgresResource(url=pg_url),
         "object_store": store_res,
@@ -105,8 +85,10 @@ def ingestion(moto: Moto, pg_url: str, embeddings: EmbeddingsResource) -> Iterat
         yield Ingestion(resources, collection, instance)
 
 
-def restart_after_first_retry(moto: Moto, instance: dg.DagsterInstance, failures: list[str]) -> None:
-    """Start moto again once raw_documents has failed an attempt and is waiting for its retry."""
+def restart_after_first_retry(
+    seaweed: SeaweedServer, instance: dg.DagsterInstance, failures: list[str]
+) -> None:
+    """Start SeaweedFS again once raw_documents has failed an attempt and is waiting for its retry."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         runs = instance.get_runs(limit=1)
@@ -114,19 +96,21 @@ def restart_after_first_retry(moto: Moto, instance: dg.DagsterInstance, failures
             e.step_key == "raw_documents"
             for e in instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY)
         ):
-            moto.start()
+            seaweed.start()
             return
         time.sleep(0.2)
     failures.append("raw_documents never went up for retry within 90 s")
-    moto.start()
+    seaweed.start()
 
 
-def test_store_back_within_the_retry_window_the_same_run_completes(moto: Moto, ingestion: Ingestion) -> None:
+def test_store_back_within_the_retry_window_the_same_run_completes(
+    seaweed: SeaweedServer, ingestion: Ingestion
+) -> None:
     """Store down at the start, back after the first failed attempt: one run, retried, all 4 indexed."""
-    moto.stop()
+    seaweed.stop()
     failures: list[str] = []
     restarter = threading.Thread(
-        target=restart_after_first_retry, args=(moto, ingestion.instance, failures), daemon=True
+        target=restart_after_first_retry, args=(seaweed, ingestion.instance, failures), daemon=True
     )
     restarter.start()
     result = ingestion.materialize()
@@ -141,10 +125,10 @@ def test_store_back_within_the_retry_window_the_same_run_completes(moto: Moto, i
 
 
 def test_a_long_outage_fails_the_run_retryably_and_a_rematerialization_completes(
-    moto: Moto, ingestion: Ingestion
+    seaweed: SeaweedServer, ingestion: Ingestion
 ) -> None:
     """Down through every retry: raw_documents fails with ObjectStoreError, writes nothing; then all 4."""
-    moto.stop()
+    seaweed.stop()
     started = time.monotonic()
     failed = ingestion.materialize()
     took = time.monotonic() - started
@@ -157,7 +141,7 @@ def test_a_long_outage_fails_the_run_retryably_and_a_rematerialization_completes
     assert failed.get_asset_materialization_events() == []  # downstream assets did not run
     assert ingestion.documents() == 0  # nothing half-written
 
-    moto.start()  # the same port, the same buckets
+    seaweed.start()  # the same port, the same data folder: the corpus is still there
     again = ingestion.materialize()
     assert again.success
     assert ingestion.retries_of(again, "raw_documents") == 0

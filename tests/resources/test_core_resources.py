@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -17,6 +16,7 @@ from resources.kafka import KafkaResource
 from resources.object_store import ObjectNotFound, ObjectStoreError, ObjectStoreResource, validate_key
 from resources.postgres import PostgresResource
 from resources.redis import RedisResource
+from tests.support.seaweed import SeaweedServer
 
 
 def test_postgres_round_trip_and_audit(pg_url: str) -> None:
@@ -105,22 +105,27 @@ def test_local_object_store_round_trip(tmp_path: Path) -> None:
     _exercise_store(ObjectStoreResource(local_dir=str(tmp_path)))
 
 
-@pytest.fixture()
-def s3_endpoint() -> Iterator[str]:
-    """A real S3-protocol server (moto) on loopback."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop()
+def test_s3_object_store_round_trip(s3_server: SeaweedServer) -> None:
+    """SeaweedFS through the keys file, as the platform reaches the embedded server."""
+    _exercise_store(s3_server.resource())
 
 
-def test_minio_object_store_round_trip(s3_endpoint: str) -> None:
-    _exercise_store(ObjectStoreResource(endpoint=s3_endpoint, access_key="test", secret_key="test-secret"))
+def test_s3_wrong_keys_are_refused(s3_server: SeaweedServer) -> None:
+    res = ObjectStoreResource(endpoint=s3_server.endpoint, access_key="nobody", secret_key="wrong-secret")
+    with pytest.raises(ObjectStoreError, match=s3_server.endpoint):
+        res.build().list_buckets()
+
+
+def test_s3_missing_keys_file_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "seaweedfs" / "credentials.json"
+    res = ObjectStoreResource(endpoint=f"127.0.0.1:{free_port()}", credentials_file=str(missing))
+    with pytest.raises(ObjectStoreError, match=r"credentials\.json .*agentflow up"):
+        res.build()
+
+
+def test_no_endpoint_and_no_local_dir_is_refused() -> None:
+    with pytest.raises(ValueError, match="AGENTFLOW_S3_ENDPOINT"):
+        ObjectStoreResource().build()
 
 
 def test_minio_down_is_object_store_error() -> None:

@@ -26,7 +26,7 @@ from agentflow_dagster.settings import Settings, get_settings
 from agentflow_dagster.stack.services import free_port
 from agentflow_dagster.workflows.loader import load_specs
 from resources.kafka import KafkaResource
-from resources.object_store import LocalObjectStore, ObjectStoreResource
+from resources.object_store import ObjectStore, ObjectStoreResource
 from resources.postgres import PostgresResource
 from sensors.run_status import ResultPublisher
 from tests.support.dagster_webserver import dagster_webserver, runs_for_event
@@ -109,7 +109,7 @@ def test_same_event_twice_launches_one_run_with_the_sensors_config(
 
 
 def test_large_inputs_travel_by_reference(
-    webserver: str, platform_env: None, monkeypatch: pytest.MonkeyPatch, object_store_dir: Path
+    webserver: str, platform_env: None, monkeypatch: pytest.MonkeyPatch, object_store: ObjectStore
 ) -> None:
     monkeypatch.setenv("AGENTFLOW_INLINE_INPUT_LIMIT", "64")
     get_settings.cache_clear()
@@ -121,7 +121,7 @@ def test_large_inputs_travel_by_reference(
     fields = _fields(out.output.strip())
     config = yaml.safe_load(_run(webserver, fields["run_id"])["runConfigYaml"])["ops"]["request"]["config"]
     assert config["inputs"] == {} and config["inputs_ref"] == f"requests/{fields['plan_id']}.json"
-    stored = LocalObjectStore(object_store_dir).get(names.BUCKET_ARTIFACTS, config["inputs_ref"])
+    stored = object_store.get(names.BUCKET_ARTIFACTS, config["inputs_ref"])
     assert json.loads(stored) == {"message": message}
 
 
