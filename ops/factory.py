@@ -15,6 +15,16 @@ from agentflow_dagster.agents.runner import AgentBudgetError, AgentError, AgentR
 from agentflow_dagster.agents.tools import Retriever
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
 from agentflow_dagster.observability import llm_records, tracing
+from agentflow_dagster.project import current_project
+from agentflow_dagster.tools.executor import (
+    ApprovalRequest,
+    ApprovalState,
+    CallScope,
+    ToolApprovalPending,
+    ToolCallStore,
+    ToolExecutor,
+    tool_gate_id,
+)
 from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
 from ops import approvals, history
 from ops.budget import WorkflowTokenBudget
@@ -149,7 +159,12 @@ class _TaskExecution:
                 recorder=recorder,
                 deadline=time.monotonic() + self.task.timeout_s,
                 budget=WorkflowTokenBudget(engine, self.plan_id),
+                tools=self.tool_executor(role),
             )
+        except ToolApprovalPending as exc:
+            status = "rejected" if exc.state == "rejected" else "waiting_approval"
+            history.finish_task_run(engine, row, status, error=str(exc))
+            raise
         except AgentError as exc:
             u = exc.usage
             history.finish_task_run(
@@ -173,6 +188,33 @@ class _TaskExecution:
             )  # fmt: skip
             self.store.put(self.plan_id, self.task_key, self.digest, run.agent, run.provider, result, conn)
         return result
+
+    def tool_executor(self, role: AgentRole) -> ToolExecutor | None:
+        """The tools `role` may call in this attempt (None when it has none); each call is stored once."""
+        registry = current_project().tools
+        if registry is None or not registry.allowed(role.tools):
+            return None
+        scope = CallScope(self.plan_id, self.task_key, self.attempt, self.context.run_id)
+        store = ToolCallStore(self.pg.engine, self.context.resources.object_store.store)
+        return ToolExecutor(registry, role.tools, scope, store, approver=self.approve_tool)
+
+    def approve_tool(self, request: ApprovalRequest) -> tuple[ApprovalState, str]:
+        """A call of an approval-gated tool goes through its own gate of the plan (task's approval policy)."""
+        gate_id = tool_gate_id(self.task_key, request.tool, request.digest)
+        gate = approvals.enter_gate(
+            self.pg.engine, self.plan_id, gate_id, self.task.agent, self.context.run_id,
+            self.task.approval_policy, ACTOR,
+        )  # fmt: skip
+        if gate.status == "approved":
+            return "approved", f"approved by {gate.decided_by}"
+        if gate.status == "rejected":
+            return "rejected", gate.rejection_reason()
+        # What the approver decides about: the proposed call, arguments redacted.
+        self.audit(
+            "tool.approval_requested", gate=gate_id, tool=request.tool, arguments=request.arguments,
+            deadline=gate.deadline.isoformat() if gate.deadline else None,
+        )  # fmt: skip
+        return "waiting", f"approve with: agentflow approve {self.plan_id} '{gate_id}'"
 
     def run_with_fallback(self, retriever: Retriever | None, row: int | None = None) -> dict[str, Any]:
         """The primary agent; on its last attempt (or a non-retryable error) the fallback agent instead."""
@@ -299,6 +341,13 @@ class _TaskExecution:
         return run is not None and run.is_finished
 
 
+def may_wait_for_tool_approval(task: TaskSpec) -> bool:
+    """Whether the task's agent (or fallback agent) may call a tool that waits for approval."""
+    registry = current_project().tools
+    agents = [task.agent, *([task.fallback_agent] if task.fallback_agent else [])]
+    return registry is not None and any(registry.needs_approval(get_agent(a).tools) for a in agents)
+
+
 def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[str] = ()) -> dg.OpDefinition:
     """The op for one task: named by task_id, inputs from depends_on, RetryPolicy from the spec."""
     targets = fan_targets(spec, task)
@@ -309,7 +358,7 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
     if task.fan_out is not None:
         ins["item"] = dg.In(description=f"one element of {task.fan_out.over}")
     # A gate that is not approved yields nothing: downstream ops are skipped and the run ends cleanly.
-    gated = task.requires_approval
+    gated = task.requires_approval or may_wait_for_tool_approval(task)
     outs: dict[str, dg.Out] = {
         "result": dg.Out(dict, is_required=not gated, description="task result with provider label and usage")
     }
@@ -337,7 +386,11 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
             task.agent, execution.plan_id, execution.task_key, parent=execution.request.get("traceparent"),
             gen_ai__workflow__name=spec.name, agentflow__attempt=execution.attempt,
         ):  # fmt: skip
-            result, reused = execution.execute(retriever)
+            try:
+                result, reused = execution.execute(retriever)
+            except ToolApprovalPending as exc:
+                context.log.info(f"{execution.task_key}: {exc}; the run stops here")
+                return
         usage = result.get("usage", {})
         metadata: dict[str, Any] = {
             "agent": result["agent"],

@@ -279,7 +279,7 @@ class OpenAICompatProvider:
                 recorder(record)
             if record.error is None:
                 return ChatResult(
-                    content=record.response or "",
+                    content=content,
                     input_tokens=record.input_tokens,
                     output_tokens=record.output_tokens,
                     finish_reason=record.finish_reason or "unknown",

@@ -70,11 +70,28 @@ Approver = Callable[[ApprovalRequest], tuple[ApprovalState, str]]
 
 
 class ToolApprovalPending(RuntimeError):
-    """A call waits for approval: the task stops here and a resumed run executes it once approved."""
+    """A call waits for approval (or was rejected): the task stops here; an approval resumes the plan."""
 
-    def __init__(self, request: ApprovalRequest, detail: str):
-        super().__init__(f"tool {request.tool!r} waits for approval ({detail})")
-        self.request = request
+    def __init__(self, request: ApprovalRequest, detail: str, state: ApprovalState = "waiting"):
+        what = "was rejected" if state == "rejected" else "waits for approval"
+        super().__init__(f"tool {request.tool!r} {what} ({detail})")
+        self.request, self.state = request, state
+
+
+# A tool call's approval gate, in `workflow_approvals.task_id`: `<task key>/tool:<tool>:<digest prefix>`.
+TOOL_GATE_MARK = "/tool:"
+
+
+def tool_gate_id(task_key: str, tool: str, digest: str) -> str:
+    """The gate id an approver names to decide about one proposed call."""
+    return f"{task_key}{TOOL_GATE_MARK}{tool}:{digest[:12]}"
+
+
+def task_of_gate(gate_id: str) -> str | None:
+    """The task id (fan-out key dropped) of a tool call's gate id; None for a task's own gate."""
+    if TOOL_GATE_MARK not in gate_id:
+        return None
+    return gate_id.split(TOOL_GATE_MARK, 1)[0].split("[", 1)[0]
 
 
 @dataclass
@@ -307,7 +324,7 @@ class ToolExecutor:
         )
 
     def _approve(self, tool: Tool, call_id: str, args: dict[str, Any], digest: str) -> ToolOutcome | None:
-        """None when approved; a refusal when rejected or impossible; raises when the call must wait."""
+        """None when approved; a refusal without a gate; ToolApprovalPending when waiting or rejected."""
         if self.approver is None:
             return self._refuse(
                 call_id, tool.name, args, f"refused: {tool.name!r} requires approval and this run has no gate"
@@ -317,9 +334,8 @@ class ToolExecutor:
         if state == "approved":
             return None
         if state == "rejected":
-            return self._refuse(
-                call_id, tool.name, args, f"refused: the approver rejected this call: {detail}"
-            )
+            self._refuse(call_id, tool.name, args, f"refused: the approver rejected this call: {detail}")
+            raise ToolApprovalPending(request, detail, "rejected")
         self._record(
             CallRow(self.scope, tool.name, call_id, digest, args, "pending_approval", error=detail,
                     side_effects=tool.side_effects)

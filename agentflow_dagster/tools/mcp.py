@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -129,13 +130,18 @@ class McpTool(Tool):
 
 
 def result_value(result: CallToolResult, tool: str) -> Any:
-    """Structured content when the server gives it, else the text of its content blocks."""
+    """Structured content if given, else its one text block (parsed when JSON), else all the text."""
     texts = [b.text for b in result.content if isinstance(b, TextContent)]
     if result.is_error:
         raise ToolExecutionError(f"MCP tool {tool!r} reported an error: {' '.join(texts)[:500]}")
     if result.structured_content is not None:
         return result.structured_content
     others = [b.type for b in result.content if not isinstance(b, TextContent)]
+    if len(texts) == 1 and not others:
+        try:  # servers often return JSON as text
+            return json.loads(texts[0])
+        except ValueError:
+            return texts[0]
     return {"text": "\n".join(texts), **({"other_content": others} if others else {})}
 
 

@@ -11,7 +11,9 @@ from agentflow_dagster.tools.decorator import ToolArgumentError, ToolDefinitionE
 
 
 @tool(side_effects="external", requires_approval=True)
-def send_email(to: str, subject: str, urgency: Literal["low", "high"] = "low", *, idempotency_key: str) -> str:
+def send_email(
+    to: str, subject: str, urgency: Literal["low", "high"] = "low", *, idempotency_key: str
+) -> str:
     """Send an email to a customer.
 
     Args:
@@ -50,14 +52,18 @@ def test_validation_names_the_field() -> None:
         spec.validate({"to": "a@b.c", "subject": "s", "urgency": "whenever"})
     with pytest.raises(ToolArgumentError, match="idempotency_key: Extra inputs are not permitted"):
         spec.validate({"to": "a@b.c", "subject": "s", "idempotency_key": "forged"})
-    assert spec.invoke(spec.validate({"to": "a@b.c", "subject": "hi"}), "k-1", None) == "sent hi to a@b.c (k-1)"
+    assert (
+        spec.invoke(spec.validate({"to": "a@b.c", "subject": "hi"}), "k-1", None) == "sent hi to a@b.c (k-1)"
+    )
 
 
 def test_definition_errors_say_how_to_fix() -> None:
     def no_key(to: str) -> None:
         """Send."""
 
-    with pytest.raises(ToolDefinitionError, match="side_effects='external' needs a parameter `idempotency_key"):
+    with pytest.raises(
+        ToolDefinitionError, match="side_effects='external' needs a parameter `idempotency_key"
+    ):
         build_tool(no_key, side_effects="external")
 
     def untyped(x):  # type: ignore[no-untyped-def]
