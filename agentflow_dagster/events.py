@@ -41,7 +41,7 @@ class WorkflowRequest(BaseModel):
 
 
 class WorkflowResult(BaseModel):
-    """An `agentflow.workflow.results` event: exactly one per finished run."""
+    """An `agentflow.workflow.results` event per finished run: at-least-once, deduplicate on `run_id`."""
 
     event_id: str
     plan_id: str
