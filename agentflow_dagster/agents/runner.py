@@ -119,7 +119,14 @@ def build_messages(
     role: AgentRole, inputs: dict[str, Any], retrieval: RetrievalResult | None
 ) -> list[dict[str, str]]:
     """The role's prompt rendered for these inputs, as OpenAI chat messages."""
+    # A project template reads task inputs by name: text as it is, anything else as JSON.
+    named = {
+        k: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
+        for k, v in inputs.items()
+        if k in role.template_variables
+    }
     rendered = role.prompt.format_messages(
+        **named,
         inputs=json.dumps(inputs, indent=2, ensure_ascii=False, default=str),
         retrieved=render_untrusted(retrieval),
         schema=json.dumps(output_schema(role.output)),

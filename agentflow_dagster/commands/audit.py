@@ -14,7 +14,7 @@ import click
 import sqlalchemy as sa
 
 from agentflow_dagster import names
-from agentflow_dagster.commands.observability import _postgres_url
+from agentflow_dagster.commands.observability import _postgres_url, load_activity, render_activity
 from agentflow_dagster.db import make_engine
 from agentflow_dagster.observability.timeline import _rows, load_timeline, usd
 from agentflow_dagster.settings import get_settings
@@ -328,6 +328,7 @@ def load_audit(
         "approvals": [e for e in log if e["action"].startswith("approval.")],
         "llm_calls": calls,
         "retrieval": retrieval,
+        "tool_calls": load_activity(engine, plan_id)["tool_calls"],
         "totals": timeline["totals"] if timeline else {},
         "audit_log": log,
     }
@@ -391,6 +392,7 @@ def render_audit(doc: dict[str, Any]) -> str:
             + (f"  error: {c['error'][:160]}" if c["error"] else "")
         )
     lines += _render_retrieval(doc["retrieval"])
+    lines += render_activity({"retrievals": [], "tool_calls": doc["tool_calls"]}).splitlines()[1:]
     lines.append("audit log")
     for e in doc["audit_log"]:
         detail = json.dumps(e["detail"], sort_keys=True, default=str)

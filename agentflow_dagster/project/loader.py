@@ -272,12 +272,16 @@ def check_templates(spec: WorkflowSpec, agents: Mapping[str, AgentRole]) -> None
                 )  # fmt: skip
 
 
+DEFINITION_PARTS = ("agents", "tools", "workflows", "prompts")
+
+
 def fingerprint(root: Path) -> tuple[str, list[str]]:
-    """A digest of every project file (what a reload compares)."""
+    """A digest of the project's definition files (what a reload compares; data tools write is not)."""
     digest = hashlib.sha256()
+    candidates = [root / CONFIG_FILE, *(p for part in DEFINITION_PARTS for p in (root / part).rglob("*"))]
     files = sorted(
         p
-        for p in root.rglob("*")
+        for p in candidates
         if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
     )
     for path in files:

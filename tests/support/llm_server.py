@@ -87,6 +87,8 @@ def instance(schema: dict[str, Any], defs: dict[str, Any] | None = None, name: s
     if "enum" in schema:
         return schema["enum"][0]
     kind = schema.get("type")
+    if isinstance(kind, list):  # ["boolean", "null"]: answer with the first non-null type
+        kind = next((k for k in kind if k != "null"), "null")
     if kind == "object":
         return {k: instance(v, defs, k) for k, v in schema.get("properties", {}).items()}
     if kind == "array":
