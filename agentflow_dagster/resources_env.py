@@ -42,13 +42,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             credentials_file="" if settings.s3_endpoint else str(data / "seaweedfs" / "credentials.json"),
             secure=settings.s3_secure,
         ),
-        # No endpoint configured: the labelled offline-extractive provider answers instead.
-        "llm": LLMResource(
-            base_url=_secret("OPENAI_BASE_URL") or (settings.openai_base_url or ""),
-            api_key=_secret("OPENAI_API_KEY"),
-            models={"default": settings.llm_model} if settings.llm_model else dict(DEFAULT_MODELS),
-            response_format=settings.llm_response_format,
-        ),
+        # No endpoint and no key configured: the labelled offline-extractive provider answers instead.
+        "llm": llm_resource(settings),
         **rag_resources(settings, postgres_url),
     }
 
@@ -63,7 +58,9 @@ def llm_resource(settings: Settings) -> LLMResource:
         api_key=_secret("OPENAI_API_KEY"),
         models={**DEFAULT_MODELS, **config.models},
         default_model=config.model or "",
-        model_override=settings.model or "",
+        # AGENTFLOW_MODEL; the stack's local model server (`up --llm-gguf`) sets AGENTFLOW_LLM_MODEL.
+        model_override=settings.model or settings.llm_model or "",
+        response_format=settings.llm_response_format,
     )
 
 

@@ -303,11 +303,36 @@ class Stack:
             *checks.check_dagster(addr["dagster_webserver"]),
             checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
         ]
+        result.append(self.check_project())
         if llm := self.load_state()["services"].get("llm"):
             result.append(llm_server.check_llm_server(llm["address"], llm["model"]))
         if (emb := self.load_state()["services"].get("embeddings")) and emb.get("managed"):
             result.append(embed_service.check(emb["address"]))
         return result
+
+    def check_project(self) -> checks.Check:
+        """The project the stack serves (loaded and validated) and the LLM provider its runs use."""
+        from agentflow_dagster.project import EXAMPLE_PROJECT, load_project
+        from resources.llm import OPENAI_URL
+
+        env = self.process_env()
+        root = Path(env.get("AGENTFLOW_PROJECT_DIR") or EXAMPLE_PROJECT)
+        base, key = env.get("OPENAI_BASE_URL", ""), env.get("OPENAI_API_KEY", "")
+        if base or key:
+            provider = f"provider openai-compatible at {base or OPENAI_URL}"
+            model = env.get("AGENTFLOW_MODEL") or env.get("AGENTFLOW_LLM_MODEL")
+            provider += f", model {model}" if model else ", models from the project"
+        else:
+            provider = (
+                "provider offline-extractive (no OPENAI_API_KEY/OPENAI_BASE_URL: answers labelled offline)"
+            )
+        try:
+            project = load_project(root)
+        except ValueError as exc:
+            return checks.Check("project", str(root), False, str(exc)[:400])
+        return checks.Check(
+            "project", str(root), True, f"{project.name}: {len(project.workflows)} workflows; {provider}"
+        )
 
     def down(self, echo: Any = print) -> list[str]:
         """Stop, in reverse order, only the processes this data directory's `up` started."""
