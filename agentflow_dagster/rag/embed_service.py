@@ -171,15 +171,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def make_server(host: str, port: int, model_path: str | None = None, threads: int = 0) -> ThreadingHTTPServer:
-    """Load and warm the model, then bind; `threads` > 0 overrides torch's intra-op thread count."""
+    """Load and warm the model, then bind; `threads` > 0 sets AGENTFLOW_EMBED_THREADS for this process."""
     from agentflow_dagster.rag.embedders import LocalEmbedder
 
     if threads > 0:
-        import torch
-
-        # Another thread count changes the float reduction order: vectors then differ from an
-        # in-process load in the last bits (the cache key stays the same), so the default is torch's.
-        torch.set_num_threads(threads)
+        # The in-process fallback must use the same count to compute identical vectors.
+        os.environ["AGENTFLOW_EMBED_THREADS"] = str(threads)
     embedder = LocalEmbedder(model_path, service_url=None)
     embedder.embed(["warm up"])
     handler = type("EmbedHandler", (_Handler,), {"embedder": embedder, "lock": threading.Lock()})
@@ -280,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--model-path", default=None, help="a sentence-transformers folder (default: the wheel's)"
     )
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="0: AGENTFLOW_EMBED_THREADS, else 1")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
