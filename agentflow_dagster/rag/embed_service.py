@@ -105,8 +105,9 @@ class EmbedClient:
         import numpy as np  # here, not at import: `agentflow status` imports this module
 
         # One request per call keeps the batches what an in-process encode would make (identical
-        # vectors), so a large call gets time in proportion: ~0.1 s per text on a busy 2-core host.
-        timeout = self.timeout + 0.1 * len(texts)
+        # vectors), so a large call gets time in proportion. Generous: giving up makes the caller load
+        # the model itself while the service still finishes the abandoned request (double the work).
+        timeout = self.timeout + 1.0 * len(texts)
         status, headers, raw = self._request("POST", "/embed", body, timeout)
         if status != 200:
             raise EmbedServiceError(
@@ -162,9 +163,11 @@ class _Handler(BaseHTTPRequestHandler):
 
         rows, dim = vecs.shape
         headers = {"X-Rows": str(rows), "X-Dimension": str(dim)}
-        self._send(
-            200, np.ascontiguousarray(vecs, dtype="<f4").tobytes(), "application/octet-stream", headers
-        )
+        body = np.ascontiguousarray(vecs, dtype="<f4").tobytes()
+        try:
+            self._send(200, body, "application/octet-stream", headers)
+        except (BrokenPipeError, ConnectionResetError):
+            _log.warning("client gone before the answer to %d texts (its timeout passed)", rows)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # one line per query would flood the stack log
