@@ -24,7 +24,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from agentflow_dagster import names
 from agentflow_dagster.db import make_engine
 from agentflow_dagster.events import DeadLetter, WorkflowRequest, WorkflowResult
-from agentflow_dagster.stack.services import free_port, pid_alive
+from agentflow_dagster.stack.services import free_port, free_seaweed_port, pid_alive
 
 AGENTFLOW = [sys.executable, "-m", "agentflow_dagster"]
 PARTITIONS = 4
@@ -45,6 +45,7 @@ class LiveStack:
     def create(cls, data_dir: Path, **extra_env: str) -> LiveStack:
         """A stack description with free ports; the caller's AGENTFLOW_* and OpenAI settings are dropped."""
         ports = {k: free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+        ports["s3"] = free_seaweed_port()  # SeaweedFS: 4 ports from here, each + 10000 for gRPC
         env = {
             k: v
             for k, v in os.environ.items()
@@ -57,6 +58,7 @@ class LiveStack:
             AGENTFLOW_KAFKA_PORT=str(ports["kafka"]),
             AGENTFLOW_WEBSERVER_PORT=str(ports["webserver"]),
             AGENTFLOW_METRICS_PORT=str(ports["metrics"]),
+            AGENTFLOW_S3_PORT=str(ports["s3"]),
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_OFFLINE="1",
             **extra_env,
