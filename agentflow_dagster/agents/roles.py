@@ -58,6 +58,9 @@ class AgentRole:
     temperature: float = 0.0
     fallback_model: str | None = None  # asked once when the model's endpoint keeps failing
     max_tool_rounds: int = 4
+    # Defaults for a task's `retrieval` block that leaves them out.
+    retrieval_collection: str | None = None
+    retrieval_k: int | None = None
     input_schema: dict[str, Any] | None = field(default=None, hash=False, compare=False)
     # Task-input names the prompt template reads besides the frame's {inputs}, {retrieved}, {schema}.
     template_variables: frozenset[str] = frozenset()

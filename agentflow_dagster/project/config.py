@@ -39,6 +39,15 @@ class ModelProfile(BaseModel):
     fallback_model: str | None = None
 
 
+class RetrievalDefaults(BaseModel):
+    """What a task's `retrieval` block does not say: the collection searched and how many passages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    collection: str | None = Field(default=None, pattern=NAME_PATTERN)
+    k: int | None = Field(default=None, ge=1, le=50)
+
+
 class AgentConfig(BaseModel):
     """`agents/<name>.yaml`: an agent is a prompt, an input and an output contract, a model and tools."""
 
@@ -55,6 +64,7 @@ class AgentConfig(BaseModel):
     output_model: str | None = Field(default=None, description="a pydantic model, 'package.module:Class'")
     model: ModelProfile = Field(default_factory=ModelProfile)
     tools: list[str] = Field(default_factory=list)
+    retrieval: RetrievalDefaults | None = None
     max_tool_rounds: int = Field(default=4, ge=0, le=32)
     max_schema_retries: int = Field(default=2, ge=0, le=10)
     max_prompt_tokens: int = Field(default=16_000, ge=100, le=2_000_000)
@@ -67,4 +77,6 @@ class AgentConfig(BaseModel):
             )
         if self.prompt is not None and self.prompt_file is not None:
             raise ValueError("give `prompt` or `prompt_file`, not both")
+        if self.retrieval is not None and "retrieval" not in self.tools:
+            raise ValueError("retrieval settings need `retrieval` in the agent's tools")
         return self

@@ -238,6 +238,8 @@ def load_agent(path: Path, root: Path, tool_names: frozenset[str]) -> AgentRole:
         temperature=cfg.model.temperature,
         fallback_model=cfg.model.fallback_model,
         max_tool_rounds=cfg.max_tool_rounds,
+        retrieval_collection=cfg.retrieval.collection if cfg.retrieval else None,
+        retrieval_k=cfg.retrieval.k if cfg.retrieval else None,
         input_schema=cfg.input_schema,
         template_variables=variables,
         source_file=file,

@@ -178,10 +178,20 @@ def validate_spec(
         for key, value in task.inputs.items():
             _check_ref(spec, task, f"inputs.{key}", value, file, agents)
         if task.retrieval is not None:
-            if RETRIEVAL not in agents[task.agent].tools:
+            role = agents[task.agent]
+            if RETRIEVAL not in role.tools:
                 raise SpecError(
                     file, task.task_id, "retrieval", f"agent {task.agent!r} may not use retrieval"
                 )
+            if task.retrieval.collection is None:
+                if role.retrieval_collection is None:
+                    raise SpecError(
+                        file, task.task_id, "retrieval.collection",
+                        f"no collection: give one here or in agent {task.agent!r}'s `retrieval` settings",
+                    )  # fmt: skip
+                task.retrieval.collection = role.retrieval_collection
+            if "k" not in task.retrieval.model_fields_set and role.retrieval_k is not None:
+                task.retrieval.k = role.retrieval_k
             _check_ref(spec, task, "retrieval.collection", task.retrieval.collection, file, agents)
             _check_ref(spec, task, "retrieval.query", task.retrieval.query, file, agents)
         if task.fan_out is not None:

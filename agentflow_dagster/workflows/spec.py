@@ -100,7 +100,8 @@ class RetrievalSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    collection: str
+    # None: the agent's `retrieval.collection` (filled in by the loader, so the recorded spec has it).
+    collection: str | None = None
     query: str
     k: int = Field(default=4, ge=1, le=50)
 

@@ -201,3 +201,22 @@ def test_a_changed_project_is_reloaded_in_a_forked_worker(
     finally:
         project_pkg.clear_cache()
     assert project_loader.fingerprint(project)[0] == load_project(project).fingerprint
+
+
+def test_agent_retrieval_settings_fill_the_task(project: Path) -> None:
+    (project / "agents" / "finder.yaml").write_text(
+        "name: finder\nsystem: Find passages.\ntools: [retrieval]\nretrieval: {collection: shop_kb, k: 7}\n"
+        "output_model: agentflow_dagster.agents.schemas:Evidence\n"
+    )
+    (project / "workflows" / "find.yaml").write_text(
+        'name: find\nversion: "1"\ninputs: {q: {type: string}}\ntasks:\n'
+        "  - {task_id: a, agent: finder, inputs: {q: $request.q}, retrieval: {query: $request.q}}\n"
+        "  - {task_id: b, agent: finder, inputs: {q: $request.q}, retrieval: {query: $request.q, k: 2}}\n"
+    )
+    spec = load_project(project).workflows["find"]
+    assert spec.task("a").retrieval is not None and spec.task("b").retrieval is not None
+    assert (spec.task("a").retrieval.collection, spec.task("a").retrieval.k) == ("shop_kb", 7)
+    assert (spec.task("b").retrieval.collection, spec.task("b").retrieval.k) == ("shop_kb", 2)
+    edit(project / "agents" / "finder.yaml", "retrieval: {collection: shop_kb, k: 7}", "retrieval: {k: 7}")
+    with pytest.raises(SpecError, match=r"task 'a', field 'retrieval.collection': no collection"):
+        load_project(project)
