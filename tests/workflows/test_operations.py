@@ -227,3 +227,31 @@ def test_lists_of_workflows_and_waiting_approvals(stack: LiveStack, api: TestCli
     assert req.plan_id not in done.stdout
     bad = stack.cli("runs", "list", "--since", "yesterday")
     assert bad.returncode == 2 and "age like 30m" in bad.stderr
+
+
+def test_submit_wait_prints_plain_progress_when_not_on_a_terminal(
+    stack: LiveStack, llm: LLMTestServer
+) -> None:
+    """Tasks done of total and the running task, one line per change on stderr; the result on stdout."""
+    held = Switch(llm, REVIEWER, slow(4))
+    held.on = True
+    try:
+        done = stack.cli(
+            "submit",
+            WORKFLOW,
+            "--input",
+            f"document={DOC}",
+            "--tenant",
+            "ops_submit",
+            "--wait",
+            "--timeout",
+            "180",
+        )
+    finally:
+        held.on = False
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(done.stdout.split("\n", 1)[1])  # first line: event_id=... plan_id=...
+    assert result["status"] == "succeeded"
+    lines = [line.split("] ", 1)[1] for line in done.stderr.splitlines() if line.startswith("[")]
+    assert f"workflow {WORKFLOW}: 1/2 tasks | running: key_points_review" in lines, done.stderr
+    assert len(lines) == len(set(lines)) and "\x1b[" not in done.stderr  # plain, one line per change
