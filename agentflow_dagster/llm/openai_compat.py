@@ -181,6 +181,9 @@ class OpenAICompatProvider:
             return None
         if self.response_format == "json_object":
             return {"type": "json_object"}
+        if self.response_format == "json_object_schema":
+            # llama.cpp servers constrain decoding with an inline schema (no `json_schema` type).
+            return {"type": "json_object", "schema": request.json_schema}
         return {
             "type": "json_schema",
             "json_schema": {"name": request.schema_name, "schema": request.json_schema, "strict": False},
@@ -215,7 +218,7 @@ class OpenAICompatProvider:
         except openai.APITimeoutError as exc:
             raise _Retryable(f"timed out after {timeout:.1f}s") from exc
         except openai.APIConnectionError as exc:
-            raise _Retryable(f"connection failed: {exc}") from exc
+            raise _Retryable(f"connection to {self.base_url} failed: {exc}") from exc
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             raise _Retryable(f"invalid response body: {exc}") from exc
         if not getattr(resp, "choices", None):
