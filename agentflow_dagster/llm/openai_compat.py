@@ -199,7 +199,8 @@ class OpenAICompatProvider:
         if (fmt := self._format(request)) is not None:
             kwargs["response_format"] = fmt
         if request.tools:
-            kwargs["tools"] = request.tools
+            # OpenAI's default with tools; llama-cpp-python offers no tools unless it is sent.
+            kwargs["tools"], kwargs["tool_choice"] = request.tools, "auto"
         try:
             resp = self.client.chat.completions.create(**kwargs)
         except openai.RateLimitError as exc:

@@ -9,9 +9,9 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
-import openai
 import psutil
 import pytest
 
@@ -38,6 +38,7 @@ WEATHER_TOOL = {
         },
     },
 }
+TOOLS = [WEATHER_TOOL]
 
 
 @dataclass
@@ -148,41 +149,28 @@ def test_token_usage_is_the_servers_count(local_model: LocalModel) -> None:
 
 
 def test_tool_call_round_trips(tools_model: LocalModel) -> None:
-    client = openai.OpenAI(base_url=tools_model.base_url, api_key="unused", max_retries=0, timeout=120)
-    messages: list[dict[str, object]] = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = client.chat.completions.create(
-        model=tools_model.model,
-        messages=messages,  # type: ignore[arg-type]
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
-        tool_choice={"type": "function", "function": {"name": "get_weather"}},
-        max_tokens=MAX_TOKENS,
-        temperature=0,
+    """Our client offers `tools` (tool_choice auto), the model calls one, its result goes back as a
+    `tool` message answering the call id, and the server answers the longer conversation."""
+    provider = _provider(tools_model.base_url)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": "Call get_weather for Paris."}]
+    first = provider.chat(
+        ChatRequest(messages, tools_model.model, max_tokens=MAX_TOKENS, tools=[WEATHER_TOOL])
     )
-    message = first.choices[0].message
-    assert first.choices[0].finish_reason == "tool_calls"
-    assert message.tool_calls, message
-    call = message.tool_calls[0]
-    assert call.type == "function" and call.function.name == "get_weather"
-    args = json.loads(call.function.arguments)  # decoding was constrained by the tool's parameter schema
+    assert first.finish_reason == "tool_calls" and len(first.tool_calls) == 1, first
+    call = first.tool_calls[0]
+    assert call.name == "get_weather"
+    args = json.loads(call.arguments)  # decoding was constrained by the tool's parameter schema
     assert args["city"] in ("Paris", "Berlin", "Rome")
-    assert first.usage is not None and first.usage.completion_tokens > 0
+    assert first.output_tokens > 0
 
-    # The tool's result goes back as a `tool` message answering the call id; the model then answers.
-    # llama-cpp-python 0.3.36 rejects the OpenAI form `"content": null` next to tool_calls (HTTP 500).
-    messages.append({"role": "assistant", "content": "", "tool_calls": [call.model_dump(exclude_none=True)]})
-    messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})})
-    second = client.chat.completions.create(
-        model=tools_model.model,
-        messages=messages,  # type: ignore[arg-type]
-        tools=[WEATHER_TOOL],  # type: ignore[list-item]
-        tool_choice="none",
-        max_tokens=16,
-        temperature=0,
+    # As the agent runner replays it; llama-cpp-python 0.3.36 rejects `"content": null` here (HTTP 500).
+    messages.append(
+        {"role": "assistant", "content": first.content or "", "tool_calls": [call.message_part()]}
     )
-    assert second.choices[0].message.tool_calls is None
-    assert isinstance(second.choices[0].message.content, str)
-    assert second.choices[0].finish_reason in ("stop", "length")
-    assert second.usage is not None and second.usage.prompt_tokens > first.usage.prompt_tokens
+    messages.append({"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp_c": 21})})
+    second = provider.chat(ChatRequest(messages, tools_model.model, max_tokens=16, tools=TOOLS))
+    assert second.finish_reason in ("stop", "length", "tool_calls")
+    assert second.input_tokens > first.input_tokens  # the server rendered the call into the prompt
 
 
 def test_killed_server_is_a_clear_error_and_a_restart_is_retried(gguf: Path, tmp_path: Path) -> None:
