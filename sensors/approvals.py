@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from agentflow_dagster import names
 from agentflow_dagster.events import ApprovalDecision, WorkflowRequest
 from agentflow_dagster.settings import Settings, get_settings
+from agentflow_dagster.tools.executor import task_of_gate
 from agentflow_dagster.workflows.spec import WorkflowSpec
 from ops import approvals
 from resources.kafka import KafkaResource
@@ -71,10 +72,15 @@ class ApprovalIntake:
             raise BadRecord(
                 f"plan {event.plan_id} runs workflow {workflow!r}, which this code location lacks"
             )
-        if event.task_id not in spec.task_ids:
+        tool_task = task_of_gate(event.task_id)  # `<task>/tool:<name>:<digest>`: a proposed tool call
+        if (tool_task or event.task_id) not in spec.task_ids:
             raise BadRecord(f"workflow {workflow!r} has no task {event.task_id!r}; tasks: {spec.task_ids}")
-        if not spec.task(event.task_id).requires_approval:
+        if tool_task is None and not spec.task(event.task_id).requires_approval:
             raise BadRecord(f"task {event.task_id!r} of {workflow!r} is not marked requires_approval")
+        if tool_task is not None and not self._gate_opened(event.plan_id, event.task_id):
+            raise BadRecord(
+                f"plan {event.plan_id} proposed no tool call {event.task_id!r}: nothing to decide"
+            )
         header = record.header("traceparent")
         decision = approvals.Decision(
             event_id=event.event_id,
@@ -89,6 +95,15 @@ class ApprovalIntake:
         )
         outcome = approvals.record_decision(self.postgres.engine, decision, self.actor)
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+
+    def _gate_opened(self, plan_id: str, gate_id: str) -> bool:
+        """A tool call's gate exists only once a run proposed the call (never decided ahead of it)."""
+        with self.postgres.engine.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM workflow_approvals WHERE plan_id = :p AND task_id = :t"),
+                {"p": plan_id, "t": gate_id},
+            ).first()
+        return found is not None
 
     def _plan(self, plan_id: str) -> tuple[str, str]:
         """(workflow, tenant) of a plan the request sensor recorded (or the API accepted, before that)."""

@@ -37,14 +37,16 @@ def _plan(engine: sa.Engine, plan_id: str) -> dict[str, Any]:
 
 
 def _check_task(workflow: str, task_id: str) -> None:
+    from agentflow_dagster.tools.executor import task_of_gate
     from agentflow_dagster.workflows.loader import load_specs
 
     spec = load_specs().get(workflow)
     if spec is None:
         return  # a spec no longer shipped: the sensor decides, and dead-letters what it cannot apply
-    if task_id not in spec.task_ids:
+    tool_task = task_of_gate(task_id)  # `<task>/tool:<name>:<digest>`: the gate of a proposed tool call
+    if (tool_task or task_id) not in spec.task_ids:
         raise click.BadParameter(f"workflow {workflow!r} has no task {task_id!r}", param_hint="TASK_ID")
-    if not spec.task(task_id).requires_approval:
+    if tool_task is None and not spec.task(task_id).requires_approval:
         raise click.BadParameter(
             f"task {task_id!r} of {workflow!r} does not require approval", param_hint="TASK_ID"
         )

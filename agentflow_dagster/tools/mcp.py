@@ -1,8 +1,8 @@
 """MCP tool servers from agentflow.yaml (stdio command or streamable HTTP URL) through the official `mcp` SDK.
 
-Each call opens its own client session: run workers are forked processes, and a session (a child
-process or an HTTP stream) held across a fork would be shared by accident. Listing happens once, when
-the project loads; a server that cannot be listed fails the load with its name and the reason.
+Calls go through one open session per server and process (tools/mcp_sessions.py). Listing happens
+once, when the project loads, on a session of its own; a server that cannot be listed fails the load
+with its name and the reason.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from agentflow_dagster.tools.decorator import (
     ToolDefinitionError,
     ToolExecutionError,
 )
+from agentflow_dagster.tools.mcp_sessions import SESSIONS
 
 # Sent in the request `_meta` of every call to an `external` MCP tool.
 IDEMPOTENCY_META_KEY = "agentflow/idempotency_key"
@@ -111,22 +112,19 @@ class McpTool(Tool):
         external = idempotency_key and self.side_effects == "external"
         meta = {IDEMPOTENCY_META_KEY: idempotency_key} if external else None
         timeout = min(self.server.timeout_s, timeout_s) if timeout_s else self.server.timeout_s
-        try:
-            result = asyncio.run(self._call(args, meta, timeout))
-        except ToolExecutionError:
-            raise
-        except Exception as exc:
-            raise ToolExecutionError(f"{self.server.where}: {type(exc).__name__}: {exc}") from exc
-        return result_value(result, self.remote_name)
 
-    async def _call(
-        self, args: dict[str, Any], meta: dict[str, Any] | None, timeout: float
-    ) -> CallToolResult:
-        async with mcp.Client(self.server.target(), read_timeout_seconds=timeout) as client:
-            return await asyncio.wait_for(
-                client.call_tool(self.remote_name, args, read_timeout_seconds=timeout, meta=meta),  # type: ignore[arg-type]
-                timeout + 5,
+        async def call(client: mcp.Client) -> CallToolResult:
+            return await client.call_tool(self.remote_name, args, read_timeout_seconds=timeout, meta=meta)  # type: ignore[arg-type]
+
+        server = self.server
+        try:
+            # Connecting (a stdio server starting) counts against the server's timeout, not the call's.
+            result = SESSIONS.run(
+                server.model_dump_json(), server.target(), server.timeout_s, call, timeout + server.timeout_s
             )
+        except Exception as exc:
+            raise ToolExecutionError(f"{server.where}: {type(exc).__name__}: {exc}") from exc
+        return result_value(result, self.remote_name)
 
 
 def result_value(result: CallToolResult, tool: str) -> Any:

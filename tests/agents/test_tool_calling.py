@@ -23,6 +23,7 @@ from agentflow_dagster.agents.roles import HUMAN_TEMPLATE, SAFETY_RULES, AgentRo
 from agentflow_dagster.agents.runner import AgentError, run_agent
 from agentflow_dagster.agents.tools import RETRIEVAL
 from agentflow_dagster.db import make_engine
+from agentflow_dagster.llm.offline import OfflineExtractiveProvider
 from agentflow_dagster.tools import ToolRegistry
 from agentflow_dagster.tools.decorator import build_tool
 from agentflow_dagster.tools.executor import (
@@ -343,3 +344,13 @@ def test_approved_call_runs_once_after_approval(
         )  # fmt: skip
     assert counter.calls == ["wire supplier 10.0"]
     assert [r.status for r in _rows(engine, scope)] == ["pending_approval", "ok"]
+
+
+def test_offline_provider_is_offered_tools_and_calls_none(registry: ToolRegistry, counter: Counter) -> None:
+    role = _role({"add"})
+    executor = ToolExecutor(registry, role.tools, _scope())
+    run = run_agent(
+        role, {"question": "What is 2 plus 3?"}, provider=OfflineExtractiveProvider(), model="offline",
+        tools=executor,
+    )  # fmt: skip
+    assert run.provider == "offline-extractive" and run.tool_calls == [] and counter.calls == []

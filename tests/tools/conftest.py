@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agentflow_dagster.project import PROJECT_ENV, clear_cache
+from agentflow_dagster.tools.mcp_sessions import SESSIONS
 from tests.observability.conftest import spans  # noqa: F401  (re-exported fixture)
 from tests.ops.conftest import engine, llm_server, workflow_resources  # noqa: F401  (re-exported fixtures)
 from tests.tools.project import write_project
@@ -29,4 +30,5 @@ def project(tmp_path: Path, tool_log: Path, monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("AGENTFLOW_TEST_TOOL_LOG", str(tool_log))
     clear_cache()
     yield root
+    SESSIONS.close()  # the MCP server processes this test's calls started
     clear_cache()

@@ -101,3 +101,12 @@ def test_registry_clash_names_both_sources() -> None:
     assert registry.unknown({"add", "retrieval", "nope"}) == ["nope"]
     assert [t.name for t in registry.allowed({"send_email", "nope"})] == ["send_email"]
     assert registry.needs_approval({"send_email"}) and not registry.needs_approval({"add"})
+
+
+def test_async_tools_are_awaited() -> None:
+    async def double(x: int) -> int:
+        """Double a number."""
+        return 2 * x
+
+    built = build_tool(double)
+    assert built.invoke(built.validate({"x": 4}), None, 5) == 8

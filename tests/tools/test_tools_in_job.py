@@ -11,19 +11,26 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis as redis_lib
 import sqlalchemy as sa
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from agentflow_dagster.events import WorkflowRequest
+from agentflow_dagster import names
+from agentflow_dagster.events import ApprovalDecision, WorkflowRequest
+from agentflow_dagster.settings import get_settings
 from agentflow_dagster.workflows.loader import load_specs
 from ops import approvals
 from ops.compiler import build_workflow_job
 from ops.idempotency import lock_key
+from resources.postgres import PostgresResource
+from sensors.approvals import ApprovalIntake
+from sensors.kafka_reader import BadRecord, KafkaRecord
 from tests.observability.conftest import REPO, finish
 from tests.ops.conftest import Resources, execute, new_request, rows, server_llm
 from tests.support import llm_server as script
@@ -101,6 +108,7 @@ def test_approval_gated_tool_waits_then_runs_once_after_approval(
     workflow_resources: Resources,
     llm_server: LLMTestServer,
     engine: sa.Engine,
+    pg_url: str,
 ) -> None:
     spec = load_specs()["restock"]
     req = new_request(spec, {"request": "Refund order PO-1, 20 euros."})
@@ -123,17 +131,56 @@ def test_approval_gated_tool_waits_then_runs_once_after_approval(
     assert asked.detail["arguments"] == {"order": "PO-1", "amount_eur": 20.0}
     assert asked.detail["gate"] == gate.task_id
 
-    decision = approvals.Decision(
-        event_id=f"approve-{req.plan_id}", plan_id=req.plan_id, task_id=gate.task_id, decision="approve",
-        actor="alice", comment="ok", tenant=req.tenant, decided_at=datetime.now(UTC),
-    )  # fmt: skip
-    assert approvals.record_decision(engine, decision, "test") == "resumes"
+    # The decision arrives as an approvals event (the sensor's intake, without the Kafka round trip).
+    intake = ApprovalIntake({spec.name: spec}, PostgresResource(url=pg_url), get_settings())
+
+    def decide(gate_id: str) -> None:
+        event = ApprovalDecision(
+            event_id=f"ev-{uuid.uuid4().hex[:12]}", plan_id=req.plan_id, task_id=gate_id,
+            decision="approve", tenant=req.tenant, actor="key:alice",
+        )  # fmt: skip
+        value = event.model_dump_json().encode()
+        intake.handle(KafkaRecord(names.TOPIC_APPROVALS, 0, 0, None, value, {}, 0))
+
+    with pytest.raises(BadRecord, match="proposed no tool call 'buy/tool:refund:000000000000'"):
+        decide("buy/tool:refund:000000000000")  # a call no run proposed cannot be approved ahead
+    decide(gate.task_id)
+    assert intake.outcomes == {"resumes": 1}
     for _ in range(2):  # the resumed run, then a replay of it
         assert execute(job, spec, req, resources).success
     assert len(log_lines(tool_log, "refund")) == 1
     (wf,) = rows(engine, "SELECT status FROM workflow_runs WHERE plan_id = :p", p=req.plan_id)
     statuses = rows(engine, "SELECT status FROM tool_calls WHERE plan_id = :p ORDER BY id", p=req.plan_id)
     assert wf.status == "succeeded" and [s.status for s in statuses] == ["pending_approval", "ok"]
+
+
+def test_rejected_tool_call_ends_the_plan_rejected(
+    project: Path,
+    tool_log: Path,
+    workflow_resources: Resources,
+    llm_server: LLMTestServer,
+    engine: sa.Engine,
+) -> None:
+    spec = load_specs()["restock"]
+    req = new_request(spec, {"request": "Refund order PO-2, 900 euros."})
+    llm_server.rule(
+        lambda body: not has_tool_results(body),
+        script.tool_calls(("refund", {"order": "PO-2", "amount_eur": 900})),
+    )
+    job, resources = build_workflow_job(spec), workflow_resources(server_llm(llm_server))
+    assert execute(job, spec, req, resources).success
+    (gate,) = rows(engine, "SELECT task_id FROM workflow_approvals WHERE plan_id = :p", p=req.plan_id)
+    decision = approvals.Decision(
+        event_id=f"ev-{uuid.uuid4().hex[:12]}", plan_id=req.plan_id, task_id=gate.task_id, decision="reject",
+        actor="key:bob", comment="too much", tenant=req.tenant, decided_at=datetime.now(UTC),
+    )  # fmt: skip
+    assert approvals.record_decision(engine, decision, "test") == "resumes"
+    assert execute(job, spec, req, resources).success
+    (wf,) = rows(engine, "SELECT status, error FROM workflow_runs WHERE plan_id = :p", p=req.plan_id)
+    assert wf.status == "rejected" and "rejected by key:bob: too much" in wf.error
+    assert log_lines(tool_log, "refund") == []
+    statuses = rows(engine, "SELECT status FROM tool_calls WHERE plan_id = :p ORDER BY id", p=req.plan_id)
+    assert [s.status for s in statuses] == ["pending_approval", "refused"]
 
 
 def _spawn_worker(
