@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -147,6 +147,16 @@ class DagsterRuns:
         return DagsterRunRef(data["run"]["runId"], data["run"]["status"])
 
 
+def utc(value: datetime, name: str) -> datetime:
+    """`value` in UTC (naive means UTC); Postgres takes offsets up to 15:59 only."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{name}={value.isoformat()} is out of range once converted to UTC") from None
+
+
 def list_workflows(
     engine: sa.Engine,
     *,
@@ -169,12 +179,10 @@ def list_workflows(
     if workflow is not None:
         where.append("workflow = :workflow")
         params["workflow"] = workflow
-    if since is not None:
-        where.append("submitted_at >= :since")
-        params["since"] = since
-    if until is not None:
-        where.append("submitted_at < :until")
-        params["until"] = until
+    for name, value, op in (("since", since, ">="), ("until", until, "<")):
+        if value is not None:
+            where.append(f"submitted_at {op} :{name}")
+            params[name] = utc(value, name)
     sql = (
         "SELECT plan_id, event_id, workflow, version, tenant, status, trace_id, error, submitted_at, "
         "started_at, finished_at, dagster_run_ids FROM workflow_runs "

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentflow_dagster import operations
 from agentflow_dagster.api.auth import AUTH_RESPONSES, Principal, get_ctx, require
 from agentflow_dagster.api.context import ApiContext, Unavailable
+from agentflow_dagster.api.errors import invalid
 from agentflow_dagster.api.schemas import Error, WorkflowStatus
 from agentflow_dagster.api.workflows import NOT_FOUND, PlanId
 from agentflow_dagster.events import NAME_PATTERN
@@ -102,7 +103,7 @@ def _http(exc: operations.OperationError) -> Exception:
     summary="List the tenant's workflows, newest first (filters: status, workflow, time range)",
 )
 def list_workflows(
-    status: list[str] = Query(default=[], description="repeat for several statuses"),
+    status: list[WorkflowStatus] = Query(default=[], description="repeat for several statuses"),
     workflow: str | None = Query(default=None, pattern=NAME_PATTERN),
     since: datetime | None = Query(default=None, description="submitted at or after (ISO 8601)"),
     until: datetime | None = Query(default=None, description="submitted before (ISO 8601)"),
@@ -111,15 +112,18 @@ def list_workflows(
     ctx: ApiContext = Depends(get_ctx),
 ) -> WorkflowList:
     """Plans of the key's tenant from the execution history."""
-    rows = operations.list_workflows(
-        ctx.engine,
-        tenant=principal.tenant,
-        statuses=status,
-        workflow=workflow,
-        since=since,
-        until=until,
-        limit=limit,
-    )
+    try:
+        rows = operations.list_workflows(
+            ctx.engine,
+            tenant=principal.tenant,
+            statuses=status,
+            workflow=workflow,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+    except ValueError as exc:
+        raise invalid(("query", "since" if "since=" in str(exc) else "until"), str(exc)) from None
     return WorkflowList(workflows=[WorkflowSummary(**r, runs=list(r["dagster_run_ids"] or [])) for r in rows])
 
 
