@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from agentflow_dagster.project.errors import ProjectError
+from agentflow_dagster.errors import ProjectError
 from agentflow_dagster.project.loader import Project, load_project
 
 EXAMPLE_PROJECT = Path(__file__).resolve().parents[1] / "example_project"

@@ -22,8 +22,8 @@ from pydantic import BaseModel, ValidationError
 
 from agentflow_dagster.agents.roles import AgentRole, frame_prompt
 from agentflow_dagster.agents.tools import RETRIEVAL
+from agentflow_dagster.errors import ProjectError
 from agentflow_dagster.project.config import AgentConfig, ProjectConfig
-from agentflow_dagster.project.errors import ProjectError
 from agentflow_dagster.project.schema_model import SchemaProblem, check_schema, model_from_schema
 from agentflow_dagster.workflows.spec import SpecError, WorkflowSpec
 
@@ -282,9 +282,7 @@ def fingerprint(root: Path) -> tuple[str, list[str]]:
     digest = hashlib.sha256()
     candidates = [root / CONFIG_FILE, *(p for part in DEFINITION_PARTS for p in (root / part).rglob("*"))]
     files = sorted(
-        p
-        for p in candidates
-        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+        p for p in candidates if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
     )
     for path in files:
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")

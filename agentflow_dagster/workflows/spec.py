@@ -17,6 +17,8 @@ from pydantic import (
     model_serializer,
 )
 
+from agentflow_dagster.errors import ProjectError
+
 TASK_ID_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 # Op and input names the compiler itself uses; a task may not take them.
 RESERVED_TASK_IDS = frozenset({"request", "workflow_result", "item", "result"})
@@ -35,17 +37,12 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class SpecError(ValueError):
+class SpecError(ProjectError):
     """A spec is invalid; names the file, the task and the field, and says how to fix it."""
 
     def __init__(self, file: str, task: str | None, field: str | None, message: str):
-        self.file, self.task, self.field, self.message = file, task, field, message
-        where = file
-        if task:
-            where += f": task {task!r}"
-        if field:
-            where += f", field {field!r}" if task else f": field {field!r}"
-        super().__init__(f"{where}: {message}")
+        self.task = task
+        super().__init__(file, f"task {task!r}" if task else None, field, message)
 
 
 class InputError(ValueError):

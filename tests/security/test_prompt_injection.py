@@ -22,8 +22,8 @@ from agentflow_dagster import names
 from agentflow_dagster.agents.roles import SAFETY_RULES, get_agent
 from agentflow_dagster.agents.runner import run_agent
 from agentflow_dagster.agents.tools import RETRIEVAL, retrieve
+from agentflow_dagster.errors import ProjectError
 from agentflow_dagster.llm.openai_compat import BackoffPolicy, OpenAICompatProvider
-from agentflow_dagster.project.errors import ProjectError
 from agentflow_dagster.project.loader import load_agent
 from agentflow_dagster.workflows.loader import load_specs
 from assets.rag import COLLECTIONS, rag_assets

@@ -1,4 +1,4 @@
-"""The one error a project's files raise: it names the file, the thing in it and the field."""
+"""Errors in the files a team writes: they name the file, the thing in it and the field."""
 
 from __future__ import annotations
 
