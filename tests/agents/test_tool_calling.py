@@ -8,6 +8,7 @@ a re-executed task reads the stored result instead of running the tool again.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -20,7 +21,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel
 
 from agentflow_dagster.agents.roles import HUMAN_TEMPLATE, SAFETY_RULES, AgentRole
-from agentflow_dagster.agents.runner import AgentError, run_agent
+from agentflow_dagster.agents.runner import AgentBudgetError, AgentError, BudgetExceeded, run_agent
 from agentflow_dagster.agents.tools import RETRIEVAL
 from agentflow_dagster.db import make_engine
 from agentflow_dagster.llm.offline import OfflineExtractiveProvider
@@ -33,6 +34,7 @@ from agentflow_dagster.tools.executor import (
     ToolCallStore,
     ToolExecutor,
 )
+from resources.object_store import ObjectStore
 from tests.agents.test_runner import _provider
 from tests.support import llm_server as script
 from tests.support.llm_server import LLMTestServer
@@ -354,3 +356,61 @@ def test_offline_provider_is_offered_tools_and_calls_none(registry: ToolRegistry
         tools=executor,
     )  # fmt: skip
     assert run.provider == "offline-extractive" and run.tool_calls == [] and counter.calls == []
+
+
+def test_deadline_and_token_budget_bound_the_tool_rounds(
+    server: LLMTestServer, registry: ToolRegistry, engine: sa.Engine, counter: Counter
+) -> None:
+    role = _role({"add"})
+    scope = _scope()
+    executor = _executor(registry, role, scope, engine)
+    # A call that arrives after the task's deadline is refused, not run.
+    late = executor.execute("call_x", "add", '{"a": 1, "b": 2}', deadline=time.monotonic() - 1)
+    assert late.status == "refused" and "deadline has passed" in (late.error or "") and counter.calls == []
+
+    class TwoCalls:
+        """A token budget that fits the first request and not the second (grown by the tool result)."""
+
+        def __init__(self) -> None:
+            self.asked: list[int] = []
+
+        def check(self, upcoming_tokens: int) -> None:
+            self.asked.append(upcoming_tokens)
+            if len(self.asked) > 1:
+                raise BudgetExceeded(f"{upcoming_tokens} tokens do not fit")
+
+    budget = TwoCalls()
+    server.script(script.tool_calls(("add", {"a": 2, "b": 2})))
+    with pytest.raises(AgentBudgetError, match="do not fit"):
+        run_agent(
+            role, {"question": "q"}, provider=_provider(server), model="m", budget=budget,
+            tools=_executor(registry, role, _scope(), engine),
+        )  # fmt: skip
+    assert server.count() == 1 and counter.calls == ["add 2 2"] and budget.asked[1] > budget.asked[0]
+
+
+def test_large_results_are_stored_by_reference(
+    server: LLMTestServer, engine: sa.Engine, object_store: ObjectStore
+) -> None:
+    """On the session's S3 server (SeaweedFS), in the artifacts bucket."""
+
+    def report(rows: int) -> list[str]:
+        """A large report."""
+        return [f"line {i} " + "x" * 100 for i in range(rows)]
+
+    registry = ToolRegistry([build_tool(report)])
+    role = _role({"report"})
+    scope = _scope()
+    store = ToolCallStore(engine, object_store)
+    for attempt in (1, 2):
+        server.script(script.tool_calls(("report", {"rows": 1000})))
+        run_agent(
+            role, {"question": "q"}, provider=_provider(server), model="m",
+            tools=ToolExecutor(registry, role.tools, replace(scope, attempt=attempt), store),
+        )  # fmt: skip
+    (row,) = _rows(engine, scope)
+    assert row.result is None and row.result_ref.startswith(f"tool-results/{scope.plan_id}/answer/")
+    assert store.stored(scope, row.call_digest) == (True, report(1000))
+    # The model gets the first 8,000 characters, the same both times (the call id is the model's own).
+    sent = [_tool_messages(r)[0]["content"].split("\n", 1)[1] for r in server.requests if _tool_messages(r)]
+    assert len(sent) == 2 and sent[0] == sent[1] and "[truncated: " in sent[0]
