@@ -100,15 +100,13 @@ def start_llm_server(
 
 
 def complete(base_url: str, model: str, prompt: str, max_tokens: int, timeout: float = 120) -> dict[str, Any]:
-    """One plain chat completion (the server's JSON answer); raises on any HTTP or protocol error."""
+    """One plain text completion (the server's JSON answer); raises on any HTTP or protocol error.
+
+    A plain completion, not a chat turn: any model, base or instruct, continues a text, while a base
+    model in a chat turn may end it at once and show no generation at all."""
     resp = httpx.post(
-        f"{base_url}/chat/completions",
-        json={
-            "model": model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "temperature": 0,
-        },
+        f"{base_url}/completions",
+        json={"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0},
         timeout=timeout,
     )
     resp.raise_for_status()
@@ -122,7 +120,7 @@ def check_llm_server(base_url: str, model: str) -> Check:
     """A real completion of a few tokens: the model answers and the server reports its token usage."""
     started = time.monotonic()
     try:
-        body = complete(base_url, model, "Reply with the word OK.", max_tokens=4, timeout=60)
+        body = complete(base_url, model, "The capital of France is", max_tokens=4, timeout=60)
     except Exception as exc:  # every failure of the probe is a finding, not a crash
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         return Check("llm", base_url, False, detail)

@@ -10,6 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import yaml
@@ -136,11 +137,16 @@ class Stack:
         # The embedding model, loaded once for every run worker and CLI call (rag/embed_service.py).
         embed_start = lambda: embed_service.start_service(self.data, self.process_env())  # noqa: E731
         ensure("embeddings", embed_service.stack_external(), embed_start)
-        if s.llm_gguf:
-            gguf, port = s.llm_gguf, s.llm_port or services.free_port()
+        # The model server of an earlier `up --llm-gguf` comes back with the same file and port after a
+        # crash: the Dagster processes started with its address keep working.
+        prev = running.get("llm", {})
+        if gguf_setting := s.llm_gguf or prev.get("gguf"):
+            gguf = Path(gguf_setting).expanduser().resolve()
+            port = s.llm_port or urlparse(prev.get("address", "")).port or services.free_port()
             args = (s.llm_chat_format, s.llm_server_args)
             ensure("llm", None, lambda: llm_server.start_llm_server(self.data, gguf, port, *args))
             running["llm"].setdefault("model", llm_server.model_alias(gguf))
+            running["llm"].setdefault("gguf", str(gguf))
         self.save_state(state)
         self.prepare()
         ensure("dagster_webserver", None, self._start_webserver)

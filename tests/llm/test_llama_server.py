@@ -221,3 +221,37 @@ def test_bad_model_path_is_a_one_line_error(tmp_path: Path) -> None:
             llm_server.start_llm_server(tmp_path, path, free_port())
         assert problem in str(err.value) and str(path) in str(err.value)
         assert "--llm-gguf" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.stack
+def test_agentflow_up_with_a_gguf_points_the_platform_at_it(gguf: Path, tmp_path: Path) -> None:
+    """`agentflow up --llm-gguf`: a recorded component; status completes; a killed server comes back."""
+    from tests.support.live_stack import LiveStack
+
+    stack = LiveStack.create(tmp_path / "af")
+    try:
+        up = stack.cli("up", "--llm-gguf", str(gguf), timeout=600)
+        assert up.returncode == 0, up.stdout + up.stderr
+        rec = json.loads((stack.data_dir / "stack.json").read_text())["services"]["llm"]
+        assert rec["model"] == llm_server.model_alias(gguf) and rec["gguf"] == str(gguf.resolve())
+        daemon_env = psutil.Process(stack.pids()["dagster_daemon"]).environ()
+        assert daemon_env["OPENAI_BASE_URL"] == rec["address"]
+        assert daemon_env["AGENTFLOW_LLM_MODEL"] == rec["model"]
+        assert daemon_env["AGENTFLOW_LLM_RESPONSE_FORMAT"] == "json_object_schema"
+
+        status = stack.cli("status", "--json")
+        checks = {c["component"]: c for c in json.loads(status.stdout)}
+        assert status.returncode == 0 and checks["llm"]["healthy"], checks
+        assert "+ 0 completion" not in checks["llm"]["detail"]
+
+        stack.kill("llm")
+        status = stack.cli("status", "--json")
+        checks = {c["component"]: c for c in json.loads(status.stdout)}
+        assert status.returncode == 1 and not checks["llm"]["healthy"]
+        stack.up()  # a plain `up` restarts the recorded model server on its address
+        again = json.loads((stack.data_dir / "stack.json").read_text())["services"]["llm"]
+        assert again["address"] == rec["address"] and again["pid"] != rec["pid"]
+        assert llm_server.check_llm_server(again["address"], again["model"]).healthy
+    finally:
+        stack.down()
+    assert not pid_alive(again["pid"])
