@@ -32,7 +32,10 @@ def reserve_stock(sku: str, units: int, idempotency_key: str = "") -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    if len(sys.argv) > 2:  # a port: streamable HTTP on loopback
+        server.run("streamable-http", host="127.0.0.1", port=int(sys.argv[2]))
+    else:
+        server.run()
 '''
 
 TOOLS = '''
@@ -95,7 +98,7 @@ def write_project(root: Path, log: Path) -> Path:
     for sub in ("agents", "tools", "workflows", "prompts"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     server = root / "warehouse_mcp.py"
-    server.write_text(textwrap.dedent(MCP_SERVER))
+    server.write_text(textwrap.dedent(MCP_SERVER))  # stdio here; tests/tools/test_mcp_http.py runs it on HTTP
     (root / "agentflow.yaml").write_text(
         textwrap.dedent(
             f"""
