@@ -30,7 +30,7 @@ def api_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_api(env: Mapping[str, str], log: Path, *args: str, timeout_s: float = 60) -> Iterator[str]:
+def running_api(env: Mapping[str, str], log: Path, *args: str, timeout_s: float = 180) -> Iterator[str]:
     """Start `agentflow api --port P *args`, yield its base URL once /healthz answers, stop it by pid."""
     port = free_port()
     with log.open("wb") as out:
@@ -53,9 +53,14 @@ def running_api(env: Mapping[str, str], log: Path, *args: str, timeout_s: float 
             time.sleep(0.2)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 15 s: a server started by a test never outlives it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
