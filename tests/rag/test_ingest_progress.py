@@ -4,15 +4,23 @@ the plain progress lines of `agentflow ingest --wait`, read from the pipeline's 
 from __future__ import annotations
 
 import io
+import threading
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
+from click.testing import CliRunner
 
 from agentflow_dagster import names
+from agentflow_dagster.cli import main
 from agentflow_dagster.commands.progress import LiveProgress
 from agentflow_dagster.commands.rag import ingest_progress
 from agentflow_dagster.rag.pipeline import EmbedStats, embed_chunks
+from agentflow_dagster.resources_env import build_resources
+from agentflow_dagster.settings import get_settings
 from assets.rag import COLLECTIONS, rag_assets
 
 
@@ -104,3 +112,47 @@ def test_progress_on_a_terminal_draws_a_bar() -> None:
         bar.update(3, 3, "succeeded")
     drawn = out.getvalue()
     assert "3/3" in drawn and "succeeded" in drawn and "running: a" not in drawn and " | " not in drawn
+
+
+def test_ingest_wait_prints_plain_progress_lines(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    pg_url: str,
+    kafka_bootstrap: str,
+    object_store_dir: Path,
+    rag_resources: dict[str, Any],
+) -> None:
+    """The CLI end to end (session S3, Postgres, Tansu); a thread plays the daemon's part."""
+    monkeypatch.setenv("AGENTFLOW_POSTGRES_URL", pg_url)
+    monkeypatch.setenv("AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("AGENTFLOW_DATA_DIR", str(object_store_dir.parent))
+    monkeypatch.delenv("AGENTFLOW_OPENSEARCH_URL", raising=False)
+    get_settings.cache_clear()
+    collection = f"prog_{uuid.uuid4().hex[:6]}"
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"doc{i}.txt").write_text(f"Document {i}: " + " ".join(uuid.uuid4().hex for _ in range(20)))
+    # The CLI uploads to S3: the stand-in daemon reads the same store.
+    resources = {**rag_resources, "object_store": build_resources(get_settings())["object_store"]}
+    try:
+        with dg.instance_for_test() as instance:
+            instance.add_dynamic_partitions(COLLECTIONS, [collection])
+
+            def daemon() -> None:
+                time.sleep(2.5)  # after the CLI's first look
+                dg.materialize(rag_assets, partition_key=collection, resources=resources, instance=instance)
+
+            worker = threading.Thread(target=daemon)
+            worker.start()
+            out = CliRunner().invoke(
+                main, ["ingest", str(folder), "-c", collection, "--wait", "--timeout", "120"]
+            )
+            worker.join(120)
+    finally:
+        get_settings.cache_clear()
+    assert out.exit_code == 0, out.output
+    lines = [line.split("] ", 1)[1] for line in out.stderr.splitlines() if line.startswith("[")]
+    assert lines[0] == f"ingest {collection}: 0/3 documents | document_sensor -> raw_documents: parsing"
+    assert len(lines) == len(set(lines)) and "\x1b[" not in out.stderr
+    assert f"index of {collection!r} includes 3 change(s)" in out.stdout
