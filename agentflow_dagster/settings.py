@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     webserver_port: int = 3000
     metrics_port: int = 9464
     # The embedded SeaweedFS: S3 on this port, its master/volume/filer on the next three, and each of the
-    # four + 10000 for gRPC (so all must stay below 55535).
-    s3_port: int = Field(default=48333, ge=1024, le=55531)
+    # four + 10000 for gRPC (so all must stay below 55535; the default keeps all 8 below the ephemeral range).
+    s3_port: int = Field(default=18333, ge=1024, le=55531)
 
     kafka_partitions: int = 4
     max_event_bytes: int = 256 * 1024

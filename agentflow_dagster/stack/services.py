@@ -259,11 +259,20 @@ def seaweed_ports(s3_port: int) -> dict[str, int]:
 
 
 def free_seaweed_port(attempts: int = 50) -> int:
-    """An S3 port whose block of 4 ports and their gRPC twins (+10000) are all free (for tests)."""
+    """An S3 port whose block of 4 ports and their gRPC twins (+10000) are all free (for tests).
+
+    Chosen below the kernel's ephemeral range (outgoing connections take ports from it at any moment,
+    which made a checked-free port busy by the time SeaweedFS bound it).
+    """
     import random
 
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    top = min(ephemeral, SEAWEED_MAX_PORT) - SEAWEED_GRPC_OFFSET - 4
     for _ in range(attempts):
-        base = random.randrange(20000, SEAWEED_MAX_PORT - 4)
+        base = random.randrange(10000, top)
         ports = list(seaweed_ports(base).values())
         if not any(port_in_use(p) or port_in_use(p + SEAWEED_GRPC_OFFSET) for p in ports):
             return base
