@@ -251,7 +251,8 @@ def run_agent(
     """Produce `role.output` for `inputs`; a schema failure is re-asked `role.max_schema_retries` times.
 
     With `tools`, the model may call the allowed ones for up to `role.max_tool_rounds` rounds; the
-    request after the last round offers none, and a model that still asks fails the agent (not retryable).
+    request after the last round forbids calls (tool_choice none), and a model that still asks fails the
+    agent (not retryable).
     """
     check_inputs(role, inputs)
     retrieval = None
@@ -295,7 +296,8 @@ def run_agent(
         request = ChatRequest(
             messages, model, schema, role.output.__name__, grounding,
             temperature=role.temperature, max_tokens=completion_cap, deadline=deadline,
-            tools=offered if offered and tool_rounds < role.max_tool_rounds else None,
+            # After the last round the tools stay declared (the history refers to them) but may not be called.
+            tools=offered or None, tool_choice="auto" if tool_rounds < role.max_tool_rounds else "none",
         )  # fmt: skip
         try:
             result = chat_with_fallback_model(provider, request, recorder, role, usage)

@@ -200,7 +200,7 @@ class OpenAICompatProvider:
             kwargs["response_format"] = fmt
         if request.tools:
             # OpenAI's default with tools; llama-cpp-python offers no tools unless it is sent.
-            kwargs["tools"], kwargs["tool_choice"] = request.tools, "auto"
+            kwargs["tools"], kwargs["tool_choice"] = request.tools, request.tool_choice
         try:
             resp = self.client.chat.completions.create(**kwargs)
         except openai.RateLimitError as exc:

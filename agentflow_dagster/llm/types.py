@@ -50,6 +50,8 @@ class ChatRequest:
     max_tokens: int | None = None
     deadline: float | None = None  # time.monotonic() value after which no new attempt starts
     tools: list[dict[str, Any]] | None = None
+    # "none": the tools stay declared (earlier calls in the messages refer to them) but none may be called.
+    tool_choice: str = "auto"
 
 
 @dataclass

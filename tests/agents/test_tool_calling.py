@@ -225,9 +225,9 @@ def test_endless_tool_loop_stops_at_max_tool_rounds(
             tools=_executor(registry, role, scope, engine),
         )  # fmt: skip
     assert not info.value.retryable
-    # 3 rounds with tools offered, then one request offering none; the model asked anyway: refused.
+    # 3 rounds with tools offered, then one request that forbids calls; the model asked anyway: refused.
     assert server.count() == 4
-    assert [("tools" in r) for r in server.requests] == [True, True, True, False]
+    assert [r["tool_choice"] for r in server.requests] == ["auto", "auto", "auto", "none"]
     # The same call three times ran once: the later rounds read the stored result.
     assert counter.calls == ["add 1 1"]
     statuses = [r.status for r in _rows(engine, scope)]
