@@ -107,7 +107,7 @@ def pyplot() -> Any:
 
 @dataclass
 class BenchStack:
-    """Postgres, Redis and Tansu on free loopback ports under one data dir; Dagster daemons on demand."""
+    """Postgres, Redis, SeaweedFS (S3) and Tansu on free loopback ports in one data dir; daemons on demand."""
 
     data_dir: Path
     ports: dict[str, int] = field(default_factory=dict)
@@ -117,11 +117,13 @@ class BenchStack:
     def start(self, extra_env: dict[str, str] | None = None) -> BenchStack:
         """Start the servers, migrate, create topics and buckets, write DAGSTER_HOME/dagster.yaml."""
         self.ports = {k: services.free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+        self.ports["s3"] = services.free_seaweed_port()  # 4 ports from here, each + 10000 for gRPC
         os.environ.update(
             AGENTFLOW_DATA_DIR=str(self.data_dir),
             **{f"AGENTFLOW_{k.upper()}_PORT": str(v) for k, v in self.ports.items()},
         )
-        for var in ("AGENTFLOW_POSTGRES_URL", "AGENTFLOW_REDIS_URL", "AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS"):
+        external = ("POSTGRES_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "S3_ENDPOINT", "S3_ACCESS_KEY")
+        for var in (*(f"AGENTFLOW_{v}" for v in external), "AGENTFLOW_S3_SECRET_KEY"):
             os.environ.pop(var, None)
         from agentflow_dagster.settings import Settings, get_settings
         from agentflow_dagster.stack.stack import Stack
@@ -130,8 +132,11 @@ class BenchStack:
         settings = Settings()
         self.pids.append(services.start_postgres(self.data_dir, self.ports["postgres"]).pid)
         self.pids.append(services.start_redis(self.data_dir, self.ports["redis"]).pid)
+        # The object store is always S3 (the embedded SeaweedFS, its keys in its credentials file).
+        self.pids.append(services.start_seaweedfs(self.data_dir, self.ports["s3"]).pid)
         self.pids.append(services.start_kafka(self.data_dir, self.ports["kafka"]).pid)
         stack = Stack(settings)
+        stack.ensure_buckets()
         stack.prepare()
         # Two homes on the same storage: `dagster_home` is the repo's dagster.yaml (the platform), and
         # `dagster_home_stock` the same settings on stock Dagster classes (the baseline).

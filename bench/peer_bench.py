@@ -302,14 +302,19 @@ def main() -> None:
         for system in args.systems.split(","):
             print(f"{system} ...", flush=True)
             llm.requests.clear()
-            if system == "platform":
-                data[system] = run_platform(args.events, args.latency)
-            else:
-                pg = services.start_postgres(tmp / system, services.free_port())
-                try:
-                    data[system] = run_peer(system, pg.address, str(tmp / system), llm.base_url, args.events)
-                finally:
-                    services.stop_postgres(tmp / system)
+            try:
+                if system == "platform":
+                    data[system] = run_platform(args.events, args.latency)
+                else:
+                    pg = services.start_postgres(tmp / system, services.free_port())
+                    try:
+                        marker = str(tmp / system)
+                        data[system] = run_peer(system, pg.address, marker, llm.base_url, args.events)
+                    finally:
+                        services.stop_postgres(tmp / system)
+            except Exception as exc:  # the other systems' figures are still worth writing
+                data.setdefault("failed", {})[system] = f"{type(exc).__name__}: {exc}"
+                continue
             data[system].setdefault("llm_calls", llm.count())
     finally:
         llm.stop()
