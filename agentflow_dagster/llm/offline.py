@@ -148,6 +148,12 @@ class _Composer:
         self.primary = " ".join(_strings(primary)) if primary is not None else " ".join(_strings(inputs))
         self.query = set(_words(self.primary))
         texts = _strings(inputs) + [str(h.get("text", "")) for h in self.hits]
+        # Where a retrieved sentence came from: a finding quoting it names its document.
+        self.origin = {
+            s: str(h.get("source") or h.get("id") or "")
+            for h in self.hits
+            for s in _sentences(str(h.get("text", "")))
+        }
         seen: set[str] = set()
         pool: list[str] = []
         for text in texts:
@@ -234,8 +240,12 @@ class _Composer:
             limit = min(limit, 120)
         elif name == "final_reply":
             text = self.primary or self._take(2)
-        elif name in ("reply", "finding"):
-            text = self._take_evidence(2 if name == "reply" else 1)
+        elif name == "finding":
+            text = self._take_evidence(1)
+            if self.origin.get(text):
+                text = f"{text} [source: {self.origin[text]}]"
+        elif name == "reply":
+            text = self._take_evidence(2)
         elif name in ("rationale", "note"):
             matched = sorted(self.query & self.corpus)[:8]
             text = f"offline-extractive: chosen by keyword overlap ({', '.join(matched) or 'no keywords'})"

@@ -22,7 +22,7 @@ def test_workflows_json() -> None:
         "max_length": 8000,
         "description": "the customer's message",
     }
-    assert listed["research_report"]["version"] == "1.0.0"
+    assert listed["research_report"]["version"] == "1.1.0"
 
 
 def test_workflows_text() -> None:
