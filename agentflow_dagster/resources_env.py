@@ -58,8 +58,9 @@ def llm_resource(settings: Settings) -> LLMResource:
         api_key=_secret("OPENAI_API_KEY"),
         models={**DEFAULT_MODELS, **config.models},
         default_model=config.model or "",
-        # AGENTFLOW_MODEL; the stack's local model server (`up --llm-gguf`) sets AGENTFLOW_LLM_MODEL.
-        model_override=settings.model or settings.llm_model or "",
+        # The stack's local model server (`up --llm-gguf` sets AGENTFLOW_LLM_MODEL) serves one model,
+        # whatever name is asked for: its name wins, so calls are recorded under it; else AGENTFLOW_MODEL.
+        model_override=settings.llm_model or settings.model or "",
         response_format=settings.llm_response_format,
     )
 
