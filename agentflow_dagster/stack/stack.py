@@ -360,6 +360,8 @@ class Stack:
                 continue
             if name == "postgres":
                 services.stop_postgres(self.data)
+            if name == "object_store" and services.pid_alive(rec["pid"]):
+                services.stop_seaweedfs(rec["pid"])
             if services.pid_alive(rec["pid"]):
                 services.stop_pid(rec["pid"])
             stopped.append(name)

@@ -23,7 +23,7 @@ class SeaweedServer:
 
     def stop(self) -> None:
         if self.pid is not None:
-            services.stop_pid(self.pid)
+            services.stop_seaweedfs(self.pid)
             self.pid = None
 
     @property
