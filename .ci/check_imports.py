@@ -16,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("agentflow_dagster", "assets", "ops", "sensors", "resources")
+# Extras for the tests and bench/ only: the five packages never import them.
+TOOL_EXTRAS = ("dev", "bench")
 # Declared but never imported by name: each is used another way.
 USED_WITHOUT_IMPORT = {
     "dagster-webserver": "`agentflow up` runs dagster-webserver",
@@ -40,7 +42,7 @@ def _name(req: str) -> str:
 
 def declared() -> set[str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = {k: v for k, v in project.get("optional-dependencies", {}).items() if k != "dev"}
+    extras = {k: v for k, v in project.get("optional-dependencies", {}).items() if k not in TOOL_EXTRAS}
     return {_name(r) for r in project["dependencies"] + [r for reqs in extras.values() for r in reqs]}
 
 
