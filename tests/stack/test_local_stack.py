@@ -15,7 +15,9 @@ import psutil
 import psycopg2
 import pytest
 
-from agentflow_dagster.stack.services import free_port, pid_alive
+from agentflow_dagster import names
+from agentflow_dagster.stack.services import free_port, free_seaweed_port, pid_alive, s3_credentials_path
+from resources.object_store import ObjectStore, ObjectStoreResource
 
 pytestmark = pytest.mark.stack
 AGENTFLOW = [sys.executable, "-m", "agentflow_dagster"]
@@ -40,9 +42,22 @@ def _env(data_dir: Path, ports: dict[str, int], **extra: str) -> dict[str, str]:
         AGENTFLOW_KAFKA_PORT=str(ports["kafka"]),
         AGENTFLOW_WEBSERVER_PORT=str(ports["webserver"]),
         AGENTFLOW_METRICS_PORT=str(ports["metrics"]),
+        AGENTFLOW_S3_PORT=str(ports["s3"]),
         **extra,
     )
     return env
+
+
+def _ports() -> dict[str, int]:
+    ports = {k: free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+    return {**ports, "s3": free_seaweed_port()}
+
+
+def _store(data_dir: Path, ports: dict[str, int]) -> ObjectStore:
+    """The stack's SeaweedFS, reached as every platform process reaches it (keys from the data dir)."""
+    return ObjectStoreResource(
+        endpoint=f"127.0.0.1:{ports['s3']}", credentials_file=str(s3_credentials_path(data_dir))
+    ).build()
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -72,7 +87,7 @@ def _ui_dom(url: str, out_dir: Path) -> str:
 
 @pytest.fixture()
 def stack_env(tmp_path: Path):  # type: ignore[no-untyped-def]
-    ports = {k: free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+    ports = _ports()
     data_dir = tmp_path / "af"
     env = _env(data_dir, ports)
     yield data_dir, ports, env
@@ -87,7 +102,7 @@ def test_up_status_down_up_keeps_data_and_serves_ui(stack_env, tmp_path: Path) -
     status = _cli(env, "status", "--json")
     assert status.returncode == 0, status.stdout + status.stderr
     components = {c["component"]: c for c in json.loads(status.stdout)}
-    assert set(components) == {
+    assert set(components) >= {
         "postgres",
         "redis",
         "kafka",
@@ -99,6 +114,9 @@ def test_up_status_down_up_keeps_data_and_serves_ui(stack_env, tmp_path: Path) -
     }
     assert all(c["healthy"] for c in components.values()), components
     assert str(ports["kafka"]) in components["kafka"]["address"]
+    assert components["object_store"]["address"] == f"127.0.0.1:{ports['s3']}"
+    assert "S3 ListBuckets" in components["object_store"]["detail"]
+    assert (data_dir / "seaweedfs" / "credentials.json").stat().st_mode & 0o077 == 0  # keys: owner only
 
     out_dir = Path(os.environ.get("AGENTFLOW_TEST_OUTPUT", "test-output")) / "stack"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +127,7 @@ def test_up_status_down_up_keeps_data_and_serves_ui(stack_env, tmp_path: Path) -
     pg = f"postgresql://postgres@127.0.0.1:{ports['postgres']}/agentflow"
     with psycopg2.connect(pg) as conn, conn.cursor() as cur:
         cur.execute("INSERT INTO audit_log (actor, action) VALUES ('test', 'survives-restart')")
-    (data_dir / "objects" / "agentflow-documents" / "kept.txt").write_text("kept")
+    _store(data_dir, ports).put(names.BUCKET_DOCUMENTS, "kept.txt", b"kept")
 
     pids = _recorded_pids(data_dir)
     down = _cli(env, "down")
@@ -122,12 +140,12 @@ def test_up_status_down_up_keeps_data_and_serves_ui(stack_env, tmp_path: Path) -
     with psycopg2.connect(pg) as conn, conn.cursor() as cur:
         cur.execute("SELECT count(*) FROM audit_log WHERE action = 'survives-restart'")
         assert cur.fetchone() == (1,)
-    assert (data_dir / "objects" / "agentflow-documents" / "kept.txt").read_text() == "kept"
+    assert _store(data_dir, ports).get(names.BUCKET_DOCUMENTS, "kept.txt") == b"kept"
     assert _cli(env, "status").returncode == 0
 
 
 def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
-    ports = {k: free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+    ports = _ports()
     env = _env(tmp_path / "af", ports)
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", ports["redis"]))
@@ -145,7 +163,7 @@ def test_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_unreachable_external_url_is_a_one_line_error(tmp_path: Path) -> None:
-    ports = {k: free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+    ports = _ports()
     bad = f"127.0.0.1:{free_port()}"
     env = _env(tmp_path / "af", ports, AGENTFLOW_KAFKA_BOOTSTRAP_SERVERS=bad)
     try:
@@ -157,7 +175,7 @@ def test_unreachable_external_url_is_a_one_line_error(tmp_path: Path) -> None:
 
 
 def test_external_redis_is_used_not_started(tmp_path: Path, redis_url: str) -> None:
-    ports = {k: free_port() for k in ("postgres", "redis", "kafka", "webserver", "metrics")}
+    ports = _ports()
     data_dir = tmp_path / "af"
     env = _env(data_dir, ports, AGENTFLOW_REDIS_URL=redis_url)
     try:
