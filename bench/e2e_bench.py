@@ -1,12 +1,16 @@
 """Benchmark 1: Kafka events -> finished workflow runs, the platform against a bare-Dagster baseline.
 
-    python bench/e2e_bench.py --events 30 [--latency 0.2] [--label NAME] [--platform-executor auto]
+    python bench/e2e_bench.py --events 30 [--sustained-rate 240 --sustained-seconds 120] [--label NAME]
 
 One throwaway stack (embedded Postgres, Redis, Tansu) and a loopback LLM server answering every call
 after a fixed latency. The platform runs on the repo's dagster.yaml with its daemon entry point; the
 baseline on the same settings with stock Dagster classes (Postgres storage, queued coordinator,
 default launcher) and stock `dagster-daemon`. Each side gets its own daemon (and code server):
-a warm-up event, single events on an idle system, then a burst. Timestamps come from the Dagster
+a warm-up event, single events on an idle system, a burst, then a sustained window (events at a
+fixed rate above what either side finishes; throughput = workflows finished inside the window).
+The baseline is the strongest bare-Dagster setup: in-process executor for the chain, the same run
+slots and the same 1 s sensor interval (`--multiprocess-column` adds Dagster's default executor as an
+extra column, without a ratio). Timestamps come from the Dagster
 instance (RUN_ENQUEUED, first STEP_START of a task, RUN_SUCCESS) against each event's submitted_at.
 Also checks the guarantees: one run per event, every run succeeded, three LLM calls per workflow.
 Writes bench/results/e2e_bench[_LABEL].{json,md,png}.
@@ -122,9 +126,15 @@ def run_timings(instance: Any, side: Side, sent: dict[str, float], timeout: floa
 
 
 def measure(
-    stack: BenchStack, side: Side, events: int, singles: int, tenants: int, env: dict[str, str]
+    stack: BenchStack,
+    side: Side,
+    events: int,
+    singles: int,
+    tenants: int,
+    env: dict[str, str],
+    sustained: tuple[float, float] = (0.0, 0.0),
 ) -> dict[str, Any]:
-    """Warm-up, idle singles, then the burst, on a fresh daemon for this side."""
+    """Warm-up, idle singles, the burst, then `sustained` = (rate per min, seconds), on a fresh daemon."""
     from dagster import DagsterInstance
     from kafka import KafkaProducer
 
@@ -145,9 +155,11 @@ def measure(
         burst_events = [side.event(f"{prefix}-burst-{i}", f"t{i % tenants}") for i in range(events)]
         sent = publish(producer, side, burst_events)
         burst = run_timings(instance, side, sent, 60 + 20 * events)
+        steady = sustain(instance, producer, side, prefix, tenants, *sustained) if sustained[1] else None
     finally:
         producer.close(timeout=5)
         stack.stop_daemon(pid)
+        cancel_unfinished(instance)
     ok = [r for r in burst if r["status"] == "SUCCESS"]
     span = (max(r["finished_at"] for r in ok) - min(sent.values())) if ok else None
     by_event: dict[str, int] = {}
@@ -167,6 +179,53 @@ def measure(
         "burst_makespan_s": round(span, 2) if span else None,
         "single_stats": {k: summary([r[k] for r in single if r[k] is not None]) for k in METRICS},
         "burst_stats": {k: summary([r[k] for r in burst if r[k] is not None]) for k in METRICS},
+        "sustained": steady,
+    }
+
+
+def cancel_unfinished(instance: Any) -> None:
+    """Runs a stopped daemon left queued or started (the sustained window's backlog) are canceled, so
+    they take no run slot from the next side, which shares the run storage."""
+    import dagster as dg
+
+    unfinished = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=unfinished)):
+        instance.report_run_canceled(run, message="bench: the side's measurement is over")
+
+
+def sustain(
+    instance: Any, producer: Any, side: Side, prefix: str, tenants: int, rate: float, seconds: float
+) -> dict[str, Any]:
+    """One event every 60/rate s for `seconds`; throughput = successes finished inside the window."""
+    time.sleep(6)
+    n = int(rate * seconds / 60)
+    start = time.time()
+    sent: dict[str, float] = {}
+    for i in range(n):
+        time.sleep(max(0.0, start + i * 60 / rate - time.time()))
+        sent.update(publish(producer, side, [side.event(f"{prefix}-sustained-{i}", f"t{i % tenants}")]))
+    end = start + seconds
+    # Runs still queued at the end of the window are not waited for (a slow side would take hours).
+    runs = run_timings(instance, side, sent, max(0.0, end - time.time()) + 30)
+    inside = [r for r in runs if r["status"] == "SUCCESS" and r["finished_at"] and r["finished_at"] <= end]
+    by_event: dict[str, int] = {}
+    for r in runs:
+        by_event[r["event_id"]] = by_event.get(r["event_id"], 0) + 1
+    return {
+        "rate_per_min": rate,
+        "seconds": seconds,
+        "events": n,
+        "finished_in_window": len(inside),
+        "throughput_per_min": round(60 * len(inside) / seconds, 2),
+        "runs_seen": len(runs),
+        "events_with_several_runs": sum(1 for k in by_event.values() if k > 1),
+        "finished_s": summary([r["finished_s"] for r in inside]),
+        "first_task_s": summary([r["first_task_s"] for r in inside if r["first_task_s"] is not None]),
     }
 
 
@@ -192,7 +251,8 @@ def platform_checks(stack: BenchStack, result: dict[str, Any], llm_calls: int) -
 
 def report(data: dict[str, Any], label: str) -> str:
     """The Markdown page."""
-    p, b = data["platform"], data.get("baseline")
+    b = data.get("baseline")
+    sides = [(n, data[n]) for n in ("platform", "baseline", "baseline_multiprocess") if data.get(n)]
     m = data["machine"]
     lines = [
         f"# Benchmark 1: events -> finished workflows{f' ({label})' if label else ''}",
@@ -203,13 +263,12 @@ def report(data: dict[str, Any], label: str) -> str:
         f"per call; platform executor `{data['platform_executor']}`, launcher "
         f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml (baseline: the same settings on "
         f"stock Dagster classes), max_concurrent_runs {data.get('max_concurrent_runs', 4)}, "
-        f"{data['tenants']} tenants ({data.get('tenant_limit', 2)} runs each at most).",
+        f"{data['tenants']} tenants ({data.get('tenant_limit', 2)} runs each at most); baseline executor "
+        f"`{data['baseline_executor']}`.",
         "",
     ]
     rows = []
-    for name, side in (("platform", p), ("baseline", b)):
-        if side is None:
-            continue
+    for name, side in sides:
         st = side["burst_stats"]
         rows.append(
             [
@@ -243,11 +302,36 @@ def report(data: dict[str, Any], label: str) -> str:
             rows,
         )  # fmt: skip
     )
+    if any(side.get("sustained") for _, side in sides):
+        lines += ["", "## Sustained window (events at a fixed rate; finished inside the window)"]
+        rows = []
+        for name, side in sides:
+            sus = side.get("sustained")
+            if sus:
+                rows.append([name, sus["rate_per_min"], sus["seconds"], sus["events"],
+                             sus["finished_in_window"], sus["throughput_per_min"], sus["first_task_s"]["p50"],
+                             sus["finished_s"]["p50"], sus["finished_s"]["p99"],
+                             sus["events_with_several_runs"]])  # fmt: skip
+        lines.append(
+            md_table(
+                [
+                    "system",
+                    "offered /min",
+                    "window s",
+                    "events",
+                    "finished in window",
+                    "workflows/min",
+                    "first task p50 s",
+                    "finished p50 s",
+                    "finished p99 s",
+                    "doubled",
+                ],
+                rows,
+            )  # fmt: skip
+        )
     lines += ["", "## Single event on an idle system (seconds after submitted_at)"]
     rows = []
-    for name, side in (("platform", p), ("baseline", b)):
-        if side is None:
-            continue
+    for name, side in sides:
         st = side["single_stats"]
         rows.append([name, st["queued_s"]["p50"], st["run_start_s"]["p50"], st["first_task_s"]["p50"],
                      st["finished_s"]["p50"], st["first_task_s"]["n"]])  # fmt: skip
@@ -258,9 +342,7 @@ def report(data: dict[str, Any], label: str) -> str:
         lines += ["", "## Ratios (platform / baseline, same run)"]
         lines.append(md_table(["metric", "ratio"], [[k, v] for k, v in data["ratios"].items()]))
     lines += ["", "## Guarantees", ""]
-    for name, side in (("platform", p), ("baseline", b)):
-        if side is None:
-            continue
+    for name, side in sides:
         lines.append(
             f"- {name}: {side['burst_runs']} runs for {side['burst_events']} events, "
             f"{side['events_without_run']} events without a run, "
@@ -273,7 +355,7 @@ def report(data: dict[str, Any], label: str) -> str:
 def plot(data: dict[str, Any], path: Path) -> None:
     """Latency distributions (box plots) and throughput bars."""
     plt = pyplot()
-    sides = [(n, data[n]) for n in ("platform", "baseline") if data.get(n)]
+    sides = [(n, data[n]) for n in ("platform", "baseline", "baseline_multiprocess") if data.get(n)]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     series, labels = [], []
     for metric in ("queued_s", "first_task_s", "finished_s"):
@@ -284,10 +366,14 @@ def plot(data: dict[str, Any], path: Path) -> None:
     ax1.set_ylabel("seconds after the event was submitted")
     ax1.set_title(f"Burst of {data['events']} events: latency")
     ax1.tick_params(axis="x", labelsize=8)
+    # Sustained throughput when measured (the fair figure), else the burst's.
     ax2.bar(
-        [n for n, _ in sides],
-        [s["throughput_per_min"] or 0 for _, s in sides],
-        color=["C0", "C1"][: len(sides)],
+        [n.replace("_", "\n") for n, _ in sides],
+        [
+            ((s.get("sustained") or {}).get("throughput_per_min") or s["throughput_per_min"] or 0)
+            for _, s in sides
+        ],
+        color=["C0", "C1", "C2"][: len(sides)],
     )
     ax2.set_ylabel("workflows / min")
     ax2.set_title("Throughput")
@@ -305,7 +391,12 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=3, help="single events on an idle system, per side")
     parser.add_argument("--tenants", type=int, default=4, help="the burst's events round-robin over tenants")
     parser.add_argument("--platform-executor", default="auto", choices=["auto", "in_process", "multiprocess"])
-    parser.add_argument("--baseline-executor", default="multiprocess", choices=["in_process", "multiprocess"])
+    parser.add_argument("--baseline-executor", default="in_process", choices=["in_process", "multiprocess"])
+    parser.add_argument(
+        "--multiprocess-column", action="store_true", help="also the baseline on Dagster's default executor"
+    )
+    parser.add_argument("--sustained-rate", type=float, default=240.0, help="events per minute offered")
+    parser.add_argument("--sustained-seconds", type=float, default=120.0, help="0: no sustained window")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument(
         "--default-launcher",
@@ -362,14 +453,22 @@ def main() -> None:
         data["platform_launcher"] = "DefaultRunLauncher" if args.default_launcher else "WarmForkRunLauncher"
         print(f"platform: warm-up, {args.singles} idle singles, burst of {args.events}", flush=True)
         llm.requests.clear()
-        data["platform"] = measure(stack, platform, args.events, args.singles, args.tenants, env)
+        sustained = (args.sustained_rate, args.sustained_seconds)
+        data["sustained"] = {"rate_per_min": args.sustained_rate, "seconds": args.sustained_seconds}
+        data["platform"] = measure(stack, platform, args.events, args.singles, args.tenants, env, sustained)
         data["platform_checks"] = platform_checks(stack, data["platform"], llm.count())
         if not args.skip_baseline:
             print(f"baseline: warm-up, {args.singles} idle singles, burst of {args.events}", flush=True)
-            data["baseline"] = measure(stack, baseline, args.events, args.singles, args.tenants, {})
+            data["baseline"] = measure(
+                stack, baseline, args.events, args.singles, args.tenants, {}, sustained
+            )
             p, b = data["platform"], data["baseline"]
             data["ratios"] = {
-                "throughput": _ratio(p["throughput_per_min"], b["throughput_per_min"]),
+                "sustained throughput": _ratio(
+                    (p["sustained"] or {}).get("throughput_per_min"),
+                    (b["sustained"] or {}).get("throughput_per_min"),
+                ),
+                "burst throughput": _ratio(p["throughput_per_min"], b["throughput_per_min"]),
                 "burst first task p50": _ratio(
                     p["burst_stats"]["first_task_s"]["p50"], b["burst_stats"]["first_task_s"]["p50"]
                 ),
@@ -380,6 +479,15 @@ def main() -> None:
                     p["single_stats"]["first_task_s"]["p50"], b["single_stats"]["first_task_s"]["p50"]
                 ),
             }
+        if args.multiprocess_column:
+            print("baseline on the multiprocess executor (extra column)", flush=True)
+            mp = Side(
+                "baseline_multiprocess", BASELINE_TOPIC, "bench/event_id", BENCH / "workspace_baseline.yaml"
+            )
+            mp_env = {"BENCH_BASELINE_EXECUTOR": "multiprocess"}
+            data["baseline_multiprocess"] = measure(
+                stack, mp, args.events, args.singles, args.tenants, mp_env, sustained
+            )
     finally:
         stack.stop()
         llm.stop()
