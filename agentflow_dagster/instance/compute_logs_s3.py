@@ -1,4 +1,4 @@
-"""S3ComputeLogManager (MinIO in the local stack and compose) capturing like RedirectComputeLogManager."""
+"""S3ComputeLogManager (SeaweedFS locally, MinIO in compose) capturing like RedirectComputeLogManager."""
 
 from __future__ import annotations
 
