@@ -272,7 +272,7 @@ def free_seaweed_port(attempts: int = 50) -> int:
         ephemeral = 32768
     top = min(ephemeral, SEAWEED_MAX_PORT) - SEAWEED_GRPC_OFFSET - 4
     for _ in range(attempts):
-        base = random.randrange(10000, top)
+        base = random.randrange(10000, top)  # nosec B311 - spreads port picks; no secret depends on it
         ports = list(seaweed_ports(base).values())
         if not any(port_in_use(p) or port_in_use(p + SEAWEED_GRPC_OFFSET) for p in ports):
             return base
