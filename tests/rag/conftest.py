@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from resources.embeddings import EmbeddingsResource
-from resources.object_store import ObjectStoreResource
 from resources.postgres import PostgresResource
 from resources.vector_store import VectorStoreResource
+from tests.support.seaweed import SeaweedServer
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +18,11 @@ def embeddings() -> EmbeddingsResource:
 
 
 @pytest.fixture(scope="session")
-def rag_resources(pg_url: str, object_store_dir: Path, embeddings: EmbeddingsResource) -> dict[str, object]:
+def rag_resources(pg_url: str, s3_server: SeaweedServer, embeddings: EmbeddingsResource) -> dict[str, object]:
+    """The session's S3 server (as the CLI and API reach it through the settings), Postgres, pgvector."""
     return {
         "postgres": PostgresResource(url=pg_url),
-        "object_store": ObjectStoreResource(local_dir=str(object_store_dir)),
+        "object_store": s3_server.resource(),
         "embeddings": embeddings,
         "vector_store": VectorStoreResource(backend="pgvector", postgres_url=pg_url),
     }
