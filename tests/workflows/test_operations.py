@@ -4,7 +4,9 @@ waiting approvals, through the CLI and the API alike, with scopes, tenant isolat
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dagster as dg
@@ -90,6 +92,7 @@ def test_cancel_a_queued_and_two_running_workflows(
         def shape() -> list[str]:
             return sorted(str(s[0].value) for e in events if (s := dagster_status(stack, e)))
 
+        submitter = key(stack, "ops_cancel", "submit")
         wait_until(lambda: shape() == ["QUEUED", "STARTED", "STARTED"], 120, "2 started runs and 1 queued")
         wait_until(lambda: len(stack.history(events)) == 3, 30, "the three workflow_runs rows")
         by_status: dict[dg.DagsterRunStatus, list[Any]] = {}
@@ -98,23 +101,28 @@ def test_cancel_a_queued_and_two_running_workflows(
         queued = by_status[dg.DagsterRunStatus.QUEUED][0]
         running_api, running_cli = by_status[dg.DagsterRunStatus.STARTED]
 
-        # The queued one through the CLI: Dagster cancels it from the queue.
-        done = stack.cli("cancel", queued.plan_id, "--reason", "queued by mistake", "--actor", "ops:alice")
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert f"plan_id={queued.plan_id} action=cancel" in done.stdout
-
-        # A running one through the API: scopes and tenant isolation first.
-        url = f"/v1/workflows/{running_api.plan_id}/cancel"
-        assert api.post(url, headers=key(stack, "ops_cancel", "read")).status_code == 403
-        other = api.post(url, headers=key(stack, "ops_other", "submit"))
-        assert other.status_code == 404, other.text
-        ok = api.post(url, json={"reason": "runaway"}, headers=key(stack, "ops_cancel", "submit"))
-        assert ok.status_code == 202, ok.text
-        assert ok.json()["plan_id"] == running_api.plan_id and ok.json()["runs"]
-
-        done = stack.cli("cancel", running_cli.plan_id, "--json")
+        # Quickly, before the hung review's own timeouts fail these runs: the queued one first (through
+        # the API: Dagster cancels it from the queue), then both running ones at once (API and CLI).
+        ok = api.post(
+            f"/v1/workflows/{queued.plan_id}/cancel", json={"reason": "queued by mistake"}, headers=submitter
+        )
+        assert ok.status_code == 202 and len(ok.json()["runs"]) == 1, ok.text
+        with ThreadPoolExecutor(2) as pool:
+            by_cli = pool.submit(
+                stack.cli,
+                "cancel",
+                running_cli.plan_id,
+                "--reason",
+                "runaway",
+                "--actor",
+                "ops:alice",
+                "--json",
+            )
+            by_api = pool.submit(api.post, f"/v1/workflows/{running_api.plan_id}/cancel", headers=submitter)
+            done, ok = by_cli.result(), by_api.result()
         assert done.returncode == 0, done.stdout + done.stderr
         assert json.loads(done.stdout)["action"] == "cancel"
+        assert ok.status_code == 202 and ok.json()["plan_id"] == running_api.plan_id and ok.json()["runs"]
 
         results = stack.results(events, timeout=120)
         assert {e: [r.status for r in rs] for e, rs in results.items()} == dict.fromkeys(events, ["canceled"])
@@ -122,6 +130,10 @@ def test_cancel_a_queued_and_two_running_workflows(
             lambda: stack.history(events) == dict.fromkeys(events, "canceled"), 60, "plans shown canceled"
         )
         assert all(dagster_status(stack, e) == [dg.DagsterRunStatus.CANCELED] for e in events)
+        with stack.instance() as inst:  # canceled from the queue: its run never started
+            [never] = stack.runs_by_event([queued.event_id])[queued.event_id]
+            record = inst.get_run_record_by_id(never.run_id)
+        assert record is not None and record.start_time is None
         assert (
             api.get(f"/v1/workflows/{queued.plan_id}", headers=key(stack, "ops_cancel", "read")).json()[
                 "status"
@@ -131,12 +143,21 @@ def test_cancel_a_queued_and_two_running_workflows(
     finally:
         hang.on = False
 
-    rows = audit_rows(stack, queued.plan_id, "workflow.cancel")
+    rows = audit_rows(stack, running_cli.plan_id, "workflow.cancel")
     assert [(r.actor, r.detail["reason"], r.detail["tenant"]) for r in rows] == [
-        ("ops:alice", "queued by mistake", "ops_cancel")
+        ("ops:alice", "runaway", "ops_cancel")
     ]
-    rows = audit_rows(stack, running_api.plan_id, "workflow.cancel")
-    assert len(rows) == 1 and rows[0].actor.startswith("key:") and rows[0].detail["reason"] == "runaway"
+    rows = audit_rows(stack, queued.plan_id, "workflow.cancel")
+    assert (
+        len(rows) == 1
+        and rows[0].actor.startswith("key:")
+        and rows[0].detail["reason"] == "queued by mistake"
+    )
+    # Scopes and tenant isolation (checked before the plan's state).
+    url = f"/v1/workflows/{running_api.plan_id}/cancel"
+    assert api.post(url, headers=key(stack, "ops_cancel", "read")).status_code == 403
+    other = api.post(url, headers=key(stack, "ops_other", "submit"))
+    assert other.status_code == 404 and "not found" in other.json()["detail"], other.text
     # Finished: a second cancel is refused and not audited.
     again = stack.cli("cancel", queued.plan_id)
     assert again.returncode == 1 and "has finished (canceled)" in again.stderr
@@ -160,8 +181,18 @@ def test_retry_a_failed_workflow_from_failure(stack: LiveStack, llm: LLMTestServ
         == 404
     )
 
-    done = stack.cli("retry", req.plan_id, "--reason", "LLM endpoint fixed")
-    assert done.returncode == 0, done.stdout + done.stderr
+    # The CLI and the API retry at once: one launches a child run, the other is refused.
+    with ThreadPoolExecutor(2) as pool:
+        by_cli = pool.submit(stack.cli, "retry", req.plan_id, "--reason", "LLM endpoint fixed")
+        by_api = pool.submit(
+            api.post, f"/v1/workflows/{req.plan_id}/retry", json={"reason": "via API"}, headers=headers
+        )
+        done, answer = by_cli.result(), by_api.result()
+    assert sorted([done.returncode, answer.status_code]) in ([0, 409], [1, 202]), done.stderr + answer.text
+    refusal = answer.json()["detail"] if answer.status_code == 409 else done.stderr
+    # The loser waited on the lock, or came after the winner's child started (the CLI starts slower).
+    assert re.search(r"is (queued|running|succeeded); only failed or canceled plans are retried", refusal)
+    reason = "LLM endpoint fixed" if done.returncode == 0 else "via API"
     results = stack.results([req.event_id], timeout=180, per_event=2)[req.event_id]
     assert [r.status for r in results] == ["failed", "succeeded"]
     child = results[1].run_id
@@ -173,6 +204,7 @@ def test_retry_a_failed_workflow_from_failure(stack: LiveStack, llm: LLMTestServ
         steps = {s.step_key for s in inst.get_run_step_stats(child)}
         run = inst.get_run_by_id(child)
     assert run is not None and run.parent_run_id == failed.run_id
+    assert len(stack.runs_by_event([req.event_id])[req.event_id]) == 2  # the failed run and one child
     assert not any(k.startswith("summarize") for k in steps) and any("key_points_review" in k for k in steps)
     assert llm.count(prompt_has(SUMMARIZER)) == summarize_calls
     task_rows = stack.rows("SELECT task_id, run_id FROM task_runs WHERE plan_id = :p", p=req.plan_id)
@@ -180,9 +212,7 @@ def test_retry_a_failed_workflow_from_failure(stack: LiveStack, llm: LLMTestServ
 
     rows = audit_rows(stack, req.plan_id, "workflow.retry")
     assert len(rows) == 1 and rows[0].subject == child
-    assert (
-        rows[0].detail["parent_run_id"] == failed.run_id and rows[0].detail["reason"] == "LLM endpoint fixed"
-    )
+    assert rows[0].detail["parent_run_id"] == failed.run_id and rows[0].detail["reason"] == reason
     # Succeeded now: nothing to retry.
     assert api.post(f"/v1/workflows/{req.plan_id}/retry", headers=headers).status_code == 409
 
