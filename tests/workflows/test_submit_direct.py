@@ -161,7 +161,8 @@ def test_wait_prints_the_result_the_run_status_sensor_publishes(
     finally:
         thread.join()
     assert out.exit_code == 0, out.output
-    first, rest = out.output.split("\n", 1)
+    # Progress lines go to stderr; stdout holds the ids line, then the result.
+    first, rest = out.stdout.split("\n", 1)
     result = json.loads(rest)
     assert published == [_fields(first)["run_id"]] == [result["run_id"]]
     assert result["event_id"] == event_id and result["status"] == "succeeded"
@@ -173,7 +174,7 @@ def test_wait_prints_the_result_the_run_status_sensor_publishes(
         + ["--dagster-url", webserver, "--wait", "--timeout", "30"],
     )
     assert again.exit_code == 0, again.output
-    assert "launched=existing" in again.output and json.loads(again.output.split("\n", 1)[1]) == result
+    assert "launched=existing" in again.stdout and json.loads(again.stdout.split("\n", 1)[1]) == result
 
 
 def test_unreachable_webserver_is_a_clear_error(platform_env: None) -> None:
