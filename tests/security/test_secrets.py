@@ -20,6 +20,7 @@ from ops.compiler import build_workflow_job, request_run_config
 from tests.ops.conftest import new_request, rows
 from tests.support import llm_server as script
 from tests.support.llm_server import LLMTestServer
+from tests.support.seaweed import SeaweedServer
 
 API_KEY = "sk-proj-" + "Cfg7Key8Secret9" * 3
 ECHOED = "sk-proj-" + "Echo1Leak2Model3" * 3
@@ -34,8 +35,13 @@ def test_api_key_reaches_no_record(
     llm_server: LLMTestServer,
     spans: InMemorySpanExporter,
     engine: sa.Engine,
+    s3_server: SeaweedServer,
 ) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    # The session's SeaweedFS holds large payloads; its keys come from the environment here.
+    monkeypatch.setenv("AGENTFLOW_S3_ENDPOINT", s3_server.endpoint)
+    monkeypatch.setenv("AGENTFLOW_S3_ACCESS_KEY", s3_server.credentials.access_key)
+    monkeypatch.setenv("AGENTFLOW_S3_SECRET_KEY", s3_server.credentials.secret_key)
     monkeypatch.setenv("OPENAI_BASE_URL", llm_server.base_url)
     monkeypatch.setenv("AGENTFLOW_POSTGRES_URL", pg_url)
     monkeypatch.setenv("AGENTFLOW_REDIS_URL", redis_url)
