@@ -70,7 +70,7 @@ def test_submit_wait_prints_the_result(
     assert out.exit_code == 0, out.output
     req, traceparent = seen[0]
     assert req.inputs == {"message": "why", "customer_tier": "gold"} and req.tenant == "acme"
-    first, rest = out.output.split("\n", 1)
+    first, rest = out.stdout.split("\n", 1)  # progress lines go to stderr
     assert first == f"event_id={req.event_id} plan_id={req.plan_id} trace_id={trace_id_from(traceparent)}"
     assert json.loads(rest)["output"] == {"echo": {"message": "why", "customer_tier": "gold"}}
 
