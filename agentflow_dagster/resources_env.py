@@ -50,9 +50,12 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 
 def llm_resource(settings: Settings) -> LLMResource:
     """The LLM resource: endpoint and key from OPENAI_*, models from the project and AGENTFLOW_MODEL."""
-    from agentflow_dagster.project import current_project
+    from agentflow_dagster.project import project_dir
+    from agentflow_dagster.project.loader import load_config
 
-    config = current_project().config
+    # Only agentflow.yaml: building resources (status, ingest, migrations) must not import the
+    # project's tools or start its MCP servers.
+    config = load_config(project_dir())
     return LLMResource(
         base_url=_secret("OPENAI_BASE_URL") or (settings.openai_base_url or ""),
         api_key=_secret("OPENAI_API_KEY"),

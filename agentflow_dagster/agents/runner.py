@@ -25,6 +25,7 @@ from agentflow_dagster.llm.offline import _strings
 from agentflow_dagster.llm.types import (
     ChatProvider,
     ChatRequest,
+    ChatResult,
     LLMError,
     Recorder,
     estimate_tokens,
@@ -218,7 +219,7 @@ def check_inputs(role: AgentRole, inputs: dict[str, Any]) -> None:
 
 def chat_with_fallback_model(
     provider: ChatProvider, request: ChatRequest, recorder: Recorder | None, role: AgentRole, usage: Usage
-) -> Any:
+) -> ChatResult:
     """One completion; when the model's endpoint keeps failing, once more with the role's fallback model."""
     try:
         return provider.chat(request, recorder)

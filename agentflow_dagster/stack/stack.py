@@ -319,14 +319,16 @@ class Stack:
     def check_project(self) -> checks.Check:
         """The project the stack serves (loaded and validated) and the LLM provider its runs use."""
         from agentflow_dagster.project import EXAMPLE_PROJECT, load_project
-        from resources.llm import OPENAI_URL
+        from resources.llm import LLMResource
 
         env = self.process_env()
         root = Path(env.get("AGENTFLOW_PROJECT_DIR") or EXAMPLE_PROJECT)
-        base, key = env.get("OPENAI_BASE_URL", ""), env.get("OPENAI_API_KEY", "")
-        if base or key:
-            provider = f"provider openai-compatible at {base or OPENAI_URL}"
-            model = env.get("AGENTFLOW_MODEL") or env.get("AGENTFLOW_LLM_MODEL")
+        # The resource decides offline vs endpoint, as in the runs (resources_env.llm_resource).
+        llm = LLMResource(base_url=env.get("OPENAI_BASE_URL", ""), api_key=env.get("OPENAI_API_KEY", ""))
+        if not llm.offline:
+            provider = f"provider openai-compatible at {llm.endpoint}"
+            # The same precedence as llm_resource: the local model server's model, then AGENTFLOW_MODEL.
+            model = env.get("AGENTFLOW_LLM_MODEL") or env.get("AGENTFLOW_MODEL")
             provider += f", model {model}" if model else ", models from the project"
         else:
             provider = (
