@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -113,6 +114,8 @@ class BenchStack:
     ports: dict[str, int] = field(default_factory=dict)
     pids: list[int] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Server name -> pid of what this stack started (ResourceSampler roots; stop() stops each).
+    servers: dict[str, int] = field(default_factory=dict)
 
     def start(self, extra_env: dict[str, str] | None = None) -> BenchStack:
         """Start the servers, migrate, create topics and buckets, write DAGSTER_HOME/dagster.yaml."""
@@ -130,11 +133,11 @@ class BenchStack:
 
         get_settings.cache_clear()
         settings = Settings()
-        self.pids.append(services.start_postgres(self.data_dir, self.ports["postgres"]).pid)
-        self.pids.append(services.start_redis(self.data_dir, self.ports["redis"]).pid)
+        self._started("postgres", services.start_postgres(self.data_dir, self.ports["postgres"]).pid)
+        self._started("redis", services.start_redis(self.data_dir, self.ports["redis"]).pid)
         # The object store is always S3 (the embedded SeaweedFS, its keys in its credentials file).
-        self.pids.append(services.start_seaweedfs(self.data_dir, self.ports["s3"]).pid)
-        self.pids.append(services.start_kafka(self.data_dir, self.ports["kafka"]).pid)
+        self._started("seaweedfs (s3)", services.start_seaweedfs(self.data_dir, self.ports["s3"]).pid)
+        self._started("tansu (kafka)", services.start_kafka(self.data_dir, self.ports["kafka"]).pid)
         stack = Stack(settings)
         stack.ensure_buckets()
         stack.prepare()
@@ -151,14 +154,38 @@ class BenchStack:
         get_settings.cache_clear()
         return self
 
+    def _started(self, name: str, pid: int) -> None:
+        self.servers[name] = pid
+        self.pids.append(pid)
+
+    def start_embeddings(self) -> str:
+        """The embedding service `agentflow up` starts; its URL goes to every process started after this
+        (AGENTFLOW_EMBED_URL), so run workers never load the model. Returns once the model answers."""
+        from agentflow_dagster.rag import embed_service
+
+        os.environ["AGENTFLOW_EMBED_PORT"] = str(services.free_port())  # start_service reads it here
+        svc = embed_service.start_service(self.data_dir, os.environ)
+        self._started("embedding service", svc.pid)
+        embed_service.wait_started(svc.address, svc.log, svc.pid)
+        self.env["AGENTFLOW_EMBED_URL"] = svc.address
+        os.environ["AGENTFLOW_EMBED_URL"] = svc.address
+        return svc.address
+
     @property
     def platform_home(self) -> Path:
         return self.data_dir / "dagster_home"
 
     def write_homes(
-        self, default_launcher: bool = False, max_concurrent_runs: int = 0, tenant_limit: int = 0
+        self,
+        default_launcher: bool = False,
+        max_concurrent_runs: int = 0,
+        tenant_limit: int = 0,
+        preload: str = "bench.platform_location",
     ) -> None:
-        """Write both instance files from the repo's settings; the overrides apply to both sides."""
+        """Write both instance files from the repo's settings; the overrides apply to both sides.
+
+        preload: the code location module the forkserver imports besides the repo's ("" when the daemon
+        serves the repo's own location, agentflow_dagster.definitions)."""
         platform = json.loads(json.dumps(self.platform_instance))
         queue = platform["run_coordinator"]["config"]
         if max_concurrent_runs:
@@ -168,9 +195,9 @@ class BenchStack:
             limit["limit"] = tenant_limit
         if default_launcher:
             platform.pop("run_launcher", None)
-        else:
+        elif preload:
             # The forkserver preloads the code location the daemon serves, as in production.
-            platform["run_launcher"]["config"]["preload_modules"].append("bench.platform_location")
+            platform["run_launcher"]["config"]["preload_modules"].append(preload)
         (self.platform_home / "dagster.yaml").write_text(yaml.safe_dump(platform, sort_keys=False))
         stock = yaml.safe_dump(stock_instance(platform), sort_keys=False)
         (self.stock_home / "dagster.yaml").write_text(stock)
@@ -217,13 +244,45 @@ class BenchStack:
         """The daemon, its code server and any run workers below it."""
         services.stop_pid(pid, timeout=20)
 
-    def stop(self) -> None:
-        """Stop the servers this stack started, by pid, newest first."""
+    def stop(self) -> list[str]:
+        """Stop every server this stack started, by pid, newest first, and wait until each is gone;
+        returns what still runs (a server's pid, or any process naming the stack's data dir or ports)."""
         services.stop_postgres(self.data_dir)
         for pid in reversed(self.pids):
             if services.pid_alive(pid):
-                services.stop_pid(pid)
+                services.stop_pid(pid, timeout=30)
+        left = leftover_processes(self.pids, [str(self.data_dir), *(f":{p}" for p in self.ports.values())])
         self.pids.clear()
+        self.servers.clear()
+        return left
+
+
+def exit_on_sigterm() -> None:
+    """A SIGTERM (a timeout, a kill by pid) raises SystemExit, so the caller's `finally` stops the stack:
+    its servers run in their own sessions and would otherwise outlive the benchmark."""
+    import signal
+
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+
+
+def leftover_processes(pids: Sequence[int], markers: Sequence[str]) -> list[str]:
+    """'pid cmdline' of each live process among `pids` or whose command line contains a marker."""
+    import psutil
+
+    me = os.getpid()
+    left = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        info = proc.info
+        if info["pid"] == me or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmd = " ".join(info["cmdline"] or [])
+        # A marker ends where a digit does not follow (":5432" must not match ":54321").
+        if info["pid"] in pids or any(re.search(re.escape(m) + r"(?!\d)", cmd) for m in markers):
+            left.append(f"{info['pid']} {cmd[:160]}")
+    return left
 
 
 def stock_instance(platform: dict[str, Any]) -> dict[str, Any]:

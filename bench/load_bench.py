@@ -130,12 +130,16 @@ class ResourceSampler:
         except psutil.Error:
             return []
 
+    def _members(self, name: str, pid: int) -> list[psutil.Process]:
+        """The processes of group `name` (a subclass may split one process tree into several groups)."""
+        return self._group(pid)
+
     def sample(self) -> dict[str, Any]:
         at = time.time()
         groups: dict[str, Any] = {}
         for name, pid in self.roots.items():
             cpu, mem, count = 0.0, 0, 0
-            for proc in self._group(pid):
+            for proc in self._members(name, pid):
                 try:
                     with proc.oneshot():
                         t = proc.cpu_times()
@@ -432,7 +436,7 @@ def main() -> None:
         warm = publish(producer, side, [side.event(f"{prefix}-warm", "t0")])
         run_timings(instance, side, warm, 300)
         roots = {"dagster (daemon, code server, run workers)": daemon}
-        roots.update(zip(("postgres", "redis", "tansu (kafka)"), stack.pids, strict=True))
+        roots.update(stack.servers)  # postgres, redis, seaweedfs (s3), tansu (kafka)
         roots["bench driver (producer, LLM test server)"] = os.getpid()
         data["process_groups"] = list(roots)
         sampler = ResourceSampler(roots, args.sample_interval).start()
