@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from agentflow_dagster.clients import kafka_bootstrap, object_store_config, postgres_url
 from agentflow_dagster.settings import Settings
 from resources.embeddings import EmbeddingsResource
 from resources.kafka import KafkaResource
@@ -24,27 +25,19 @@ def _secret(name: str) -> Any:
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     """Resources keyed by the names ops, assets and sensors ask for."""
-    data = settings.data_path
-    postgres_url = (
-        settings.postgres_url or f"postgresql://postgres@127.0.0.1:{settings.postgres_port}/agentflow"
-    )
+    pg_url = postgres_url(settings)
     return {
-        "postgres": PostgresResource(url=postgres_url),
+        "postgres": PostgresResource(url=pg_url),
         "redis": RedisResource(url=settings.redis_url or f"redis://127.0.0.1:{settings.redis_port}/0"),
-        "kafka": KafkaResource(
-            bootstrap_servers=settings.kafka_bootstrap_servers or f"127.0.0.1:{settings.kafka_port}"
-        ),
-        # Always S3: AGENTFLOW_S3_ENDPOINT, else the embedded SeaweedFS with the keys `agentflow up` made.
+        "kafka": KafkaResource(bootstrap_servers=kafka_bootstrap(settings)),
         "object_store": ObjectStoreResource(
-            endpoint=settings.s3_endpoint or f"127.0.0.1:{settings.s3_port}",
             access_key=_secret("AGENTFLOW_S3_ACCESS_KEY"),
             secret_key=_secret("AGENTFLOW_S3_SECRET_KEY"),
-            credentials_file="" if settings.s3_endpoint else str(data / "seaweedfs" / "credentials.json"),
-            secure=settings.s3_secure,
+            **object_store_config(settings),
         ),
         # No endpoint and no key configured: the labelled offline-extractive provider answers instead.
         "llm": llm_resource(settings),
-        **rag_resources(settings, postgres_url),
+        **rag_resources(settings, pg_url),
     }
 
 

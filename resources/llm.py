@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Literal
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from agentflow_dagster.clients import OPENAI_URL as OPENAI_URL
+from agentflow_dagster.clients import llm_endpoint
 from agentflow_dagster.llm.offline import OfflineExtractiveProvider
 from agentflow_dagster.llm.openai_compat import BackoffPolicy, OpenAICompatProvider
 from agentflow_dagster.llm.types import OFFLINE_MODEL, OFFLINE_PROVIDER, ChatProvider
@@ -18,7 +20,6 @@ if TYPE_CHECKING:
     from agentflow_dagster.agents.roles import AgentRole
 
 DEFAULT_MODELS = {"default": "gpt-4o-mini", "fast": "gpt-4o-mini", "reasoning": "gpt-4o"}
-OPENAI_URL = "https://api.openai.com/v1"
 
 
 class LLMResource(dg.ConfigurableResource):
@@ -48,12 +49,12 @@ class LLMResource(dg.ConfigurableResource):
 
     @property
     def offline(self) -> bool:
-        return not (self.base_url or self.api_key)
+        return not self.endpoint
 
     @property
     def endpoint(self) -> str:
         """The endpoint calls go to ('' when offline)."""
-        return "" if self.offline else (self.base_url or OPENAI_URL)
+        return llm_endpoint(self.base_url, self.api_key)
 
     def build_provider(self) -> ChatProvider:
         """The endpoint's provider; the offline provider only when no endpoint is configured."""

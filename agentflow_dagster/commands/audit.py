@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import os
 import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,8 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-from agentflow_dagster import names
+from agentflow_dagster import clients, names
+from agentflow_dagster.commands.dagster_runs import read_runs, run_storage_url
 from agentflow_dagster.commands.observability import _postgres_url, load_activity, render_activity
 from agentflow_dagster.db import make_engine
 from agentflow_dagster.observability.timeline import _rows, load_timeline, usd
@@ -24,6 +27,8 @@ _PASSAGE = re.compile(r'<untrusted_document id="([^"]*)" source="([^"]*)">')
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # Audit actions that mark a request reaching the platform, by path.
 _ARRIVALS = ("request.submitted", "request.launched", "run.queued", "workflow.running")
+# (run ids, plan id) -> the plan's Dagster runs, or None when the run storage cannot be read.
+RunReader = Callable[[list[str], str], list[dict[str, Any]] | None]
 
 
 def _request(
@@ -59,41 +64,18 @@ def _path_of(arrival: dict[str, Any] | None) -> str | None:
     return str(detail.get("path") or "run config (launched without a request sensor)")
 
 
-def _dagster_runs(run_ids: list[str], plan_id: str, instance: Any) -> list[dict[str, Any]]:
+def _dagster_runs(run_ids: list[str], plan_id: str, runs: RunReader | None) -> list[dict[str, Any]]:
     """The plan's Dagster runs (tagged with it, or named by its history rows), oldest first."""
-    if instance is None:
+    found = runs(run_ids, plan_id) if runs is not None else None
+    if found is None:
         return [{"run_id": r, "status": None} for r in run_ids]
-    import dagster as dg
-
-    records = {
-        rec.dagster_run.run_id: rec
-        for flt in (dg.RunsFilter(tags={names.TAG_PLAN_ID: plan_id}), dg.RunsFilter(run_ids=run_ids))
-        for rec in (instance.get_run_records(filters=flt) if flt.tags or flt.run_ids else [])
-    }
-    out = []
-    for rec in sorted(records.values(), key=lambda r: r.create_timestamp):
-        run = rec.dagster_run
-        out.append(
-            {
-                "run_id": run.run_id,
-                "job": run.job_name,
-                "status": run.status.value,
-                "parent_run_id": run.parent_run_id,
-                "root_run_id": run.root_run_id,
-                "created_at": rec.create_timestamp.isoformat(),
-                "start_time": rec.start_time,
-                "end_time": rec.end_time,
-                "tags": dict(run.tags),
-            }
-        )
-    known = {r["run_id"] for r in out}
+    known = {r["run_id"] for r in found}
     # A run the history names but this instance does not know (another instance, or deleted).
-    out += [
+    return found + [
         {"run_id": r, "status": None, "note": "not in this Dagster instance"}
         for r in run_ids
         if r not in known
     ]
-    return out
 
 
 def _strings(value: Any) -> list[str]:
@@ -276,7 +258,7 @@ def _live_indexes(conn: sa.Connection, first_call: str | None) -> list[dict[str,
 
 
 def load_audit(
-    engine: sa.Engine, plan_id: str, *, instance: Any = None, store: Any = None
+    engine: sa.Engine, plan_id: str, *, runs: RunReader | None = None, store: Any = None
 ) -> dict[str, Any] | None:
     """Everything recorded about one plan, as JSON-ready data (None when nothing is)."""
     timeline = load_timeline(engine, plan_id)
@@ -323,7 +305,7 @@ def load_audit(
         "error": wf["error"] if wf else None,
         "request": request,
         "spec": spec,
-        "dagster_runs": _dagster_runs(run_ids, plan_id, instance),
+        "dagster_runs": _dagster_runs(run_ids, plan_id, runs),
         "tasks": tasks,
         "approvals": [e for e in log if e["action"].startswith("approval.")],
         "llm_calls": calls,
@@ -447,33 +429,40 @@ def _render_retrieval(rv: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _dagster_instance(postgres_url: str) -> tuple[Any, str | None]:
-    """The stack's Dagster instance ($DAGSTER_HOME, else $AGENTFLOW_DATA_DIR/dagster_home), or why not."""
-    home = os.environ.get("DAGSTER_HOME") or str(get_settings().data_path / "dagster_home")
-    if not (Path(home) / "dagster.yaml").exists():
-        return None, f"no Dagster instance at {home} (set DAGSTER_HOME): run statuses unknown"
+def _run_reader(postgres_url: str, notes: list[str]) -> RunReader | None:
+    """Reads the stack's Dagster runs ($DAGSTER_HOME, else $AGENTFLOW_DATA_DIR/dagster_home) from its run
+    storage; why not goes to `notes` (run statuses are then unknown, not an error)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or str(get_settings().data_path / "dagster_home"))
+    if not (home / "dagster.yaml").exists():
+        notes.append(f"no Dagster instance at {home} (set DAGSTER_HOME): run statuses unknown")
+        return None
     # The repo's dagster.yaml reads its storage URL from here (psycopg2 dialect, as `agentflow up` sets it).
     os.environ.setdefault(
         "AGENTFLOW_DAGSTER_POSTGRES_URL", postgres_url.replace("postgresql://", "postgresql+psycopg2://", 1)
     )
-    import dagster as dg
 
-    try:
-        return dg.DagsterInstance.from_config(home), None
-    except Exception as exc:
-        return (
-            None,
-            f"Dagster instance at {home} unavailable ({type(exc).__name__}: {exc}): run statuses unknown",
-        )
+    def read(run_ids: list[str], plan_id: str) -> list[dict[str, Any]] | None:
+        try:
+            return read_runs(run_storage_url(home), run_ids, plan_id)
+        except Exception as exc:
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            notes.append(f"Dagster instance at {home} unavailable ({msg}): run statuses unknown")
+            return None
+
+    return read
 
 
-def _object_store() -> Any:
-    from agentflow_dagster.resources_env import build_resources
+class _StoreOnFirstRead:
+    """The object store, built when an offloaded prompt is first read: most audits read none (and then
+    need neither the S3 client's import nor the keys)."""
 
-    try:
-        return build_resources(get_settings())["object_store"].store
-    except Exception:  # offloaded prompts are then listed by reference only
-        return None
+    @functools.cached_property
+    def _store(self) -> Any:
+        return clients.object_store(get_settings())
+
+    def get(self, bucket: str, key: str) -> bytes:
+        # Raising here (no keys, server down) lists the prompt by reference only, as `_prompt_of` does.
+        return bytes(self._store.get(bucket, key))
 
 
 @click.command("audit")
@@ -484,15 +473,14 @@ def audit(plan_id: str, as_json: bool) -> None:
     url = _postgres_url()
     shown = sa.engine.make_url(url).render_as_string(hide_password=True)
     engine = make_engine(url)
-    instance, note = _dagster_instance(url)
+    notes: list[str] = []
     try:
-        doc = load_audit(engine, plan_id, instance=instance, store=_object_store())
+        doc = load_audit(engine, plan_id, runs=_run_reader(url, notes), store=_StoreOnFirstRead())
     except sa.exc.OperationalError as exc:
         raise click.ClickException(f"Postgres at {shown} unreachable: {exc.orig}") from exc
     finally:
         engine.dispose()
-        if instance is not None:
-            instance.dispose()
+    note = notes[0] if notes else None
     if doc is None:
         raise click.ClickException(
             f"no workflow with plan_id {plan_id!r} in {shown} (plan ids look like plan-<20 hex>, "

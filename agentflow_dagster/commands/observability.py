@@ -12,14 +12,14 @@ import click
 import sqlalchemy as sa
 
 from agentflow_dagster.api.schemas import PLAN_ID_PATTERN
+from agentflow_dagster.clients import kafka_clients, postgres_url
 from agentflow_dagster.db import make_engine
 from agentflow_dagster.observability.timeline import load_timeline, render_timeline
 from agentflow_dagster.settings import get_settings
 
 
 def _postgres_url() -> str:
-    s = get_settings()
-    return s.postgres_url or f"postgresql://postgres@127.0.0.1:{s.postgres_port}/agentflow"
+    return postgres_url(get_settings())
 
 
 @click.command("metrics-server")
@@ -30,10 +30,9 @@ def metrics_server(host: str, port: int | None) -> None:
     import dagster as dg
 
     from agentflow_dagster.observability.metrics import AgentflowCollector, build_registry, serve
-    from resources.kafka import KafkaResource
 
     s = get_settings()
-    kafka = KafkaResource(bootstrap_servers=s.kafka_bootstrap_servers or f"127.0.0.1:{s.kafka_port}")
+    kafka = kafka_clients(s)
     instance: list[Any] = []
 
     def get_instance() -> Any:

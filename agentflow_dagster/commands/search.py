@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from agentflow_dagster.clients import postgres_url
 from agentflow_dagster.events import NAME_PATTERN
 from agentflow_dagster.settings import get_settings
 
@@ -20,14 +21,13 @@ from agentflow_dagster.settings import get_settings
 def _store() -> Any:
     """The vector store resources_env configures (pgvector without importing Dagster)."""
     s = get_settings()
-    url = s.postgres_url or f"postgresql://postgres@127.0.0.1:{s.postgres_port}/agentflow"
     if s.opensearch_url:
         from agentflow_dagster.resources_env import build_resources
 
         return build_resources(s)["vector_store"].build()
     from agentflow_dagster.rag.pgvector_store import PgVectorStore
 
-    return PgVectorStore(url)
+    return PgVectorStore(postgres_url(s))
 
 
 @click.command()

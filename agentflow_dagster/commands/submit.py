@@ -13,19 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
-import sqlalchemy as sa
 from kafka import TopicPartition
 
-from agentflow_dagster import names
+from agentflow_dagster import clients, names
+from agentflow_dagster.clients import KafkaClients
 from agentflow_dagster.commands.progress import LiveProgress
 from agentflow_dagster.events import WorkflowRequest, WorkflowResult
 from agentflow_dagster.observability import tracing
-from agentflow_dagster.resources_env import build_resources
 from agentflow_dagster.settings import Settings, get_settings
-from resources.kafka import KafkaResource
 
 if TYPE_CHECKING:
+    import sqlalchemy as sa
+
     from agentflow_dagster.workflows.spec import WorkflowSpec
+    from resources.kafka import KafkaResource
 
 ACTOR = "agentflow-cli"
 
@@ -50,7 +51,9 @@ def parse_inputs(pairs: tuple[str, ...], json_file: str | None) -> dict[str, Any
     return inputs
 
 
-def result_offsets(kafka: KafkaResource, *, beginning: bool = False) -> dict[TopicPartition, int]:
+def result_offsets(
+    kafka: KafkaClients | KafkaResource, *, beginning: bool = False
+) -> dict[TopicPartition, int]:
     """Where the results topic ends now (a new request's result can only come after), or where it begins."""
     consumer = kafka.consumer()
     try:
@@ -64,7 +67,7 @@ def result_offsets(kafka: KafkaResource, *, beginning: bool = False) -> dict[Top
 
 
 def wait_for_result(
-    kafka: KafkaResource,
+    kafka: KafkaClients | KafkaResource,
     plan_id: str,
     start: dict[TopicPartition, int],
     timeout: float,
@@ -111,7 +114,7 @@ def _check_against_spec(req: WorkflowRequest) -> WorkflowSpec:
     return spec
 
 
-def _by_reference(req: WorkflowRequest, settings: Settings, resources: dict[str, Any]) -> WorkflowRequest:
+def _by_reference(req: WorkflowRequest, settings: Settings) -> WorkflowRequest:
     """Inputs above AGENTFLOW_INLINE_INPUT_LIMIT go to the object store, as the sensor would put them."""
     from sensors.workflow_requests import inputs_key
 
@@ -119,7 +122,7 @@ def _by_reference(req: WorkflowRequest, settings: Settings, resources: dict[str,
     if len(blob) <= settings.inline_input_limit:
         return req
     key = inputs_key(req.plan_id)
-    store = resources["object_store"].store
+    store = clients.object_store(settings)
     store.ensure_bucket(names.BUCKET_ARTIFACTS)
     store.put(names.BUCKET_ARTIFACTS, key, blob, "application/json")
     return req.model_copy(update={"inputs": {}, "inputs_ref": key})
@@ -143,10 +146,11 @@ def launch_direct(
 ) -> tuple[str, str, bool]:
     """(traceparent, run_id, launched_now): one Dagster run per event_id through the webserver's GraphQL."""
     from agentflow_dagster.api.direct import DirectLauncher, DirectLaunchError
+    from agentflow_dagster.resources_env import build_resources
 
     settings = get_settings()
     resources = build_resources(settings)
-    req = _by_reference(req, settings, resources)
+    req = _by_reference(req, settings)
     launcher = DirectLauncher(
         dagster_url, location=location, redis=_redis_or_none(resources), specs={spec.name: spec}
     )
@@ -168,9 +172,11 @@ def launch_direct(
     return traceparent, run_id, launched
 
 
-def publish_request(req: WorkflowRequest, kafka: KafkaResource) -> str:
+def publish_request(req: WorkflowRequest, kafka: KafkaClients) -> str:
     """Send the request to agentflow.workflow.requests under a producer span; returns its traceparent."""
-    tracing.setup_tracing("agentflow-cli")
+    # No client instrumentation: this path uses neither Redis nor SQLAlchemy (importing their
+    # instrumentations would load both, ~0.4 s); the send span below is the trace's root.
+    tracing.setup_tracing("agentflow-cli", instrument=False)
     # The root of the workflow's trace: its context travels in the message's traceparent header.
     with tracing.send_span(
         names.TOPIC_REQUESTS, agentflow__plan_id=req.plan_id, gen_ai__workflow__name=req.workflow
@@ -192,6 +198,8 @@ def publish_request(req: WorkflowRequest, kafka: KafkaResource) -> str:
 
 def workflow_progress(engine: sa.Engine, plan_id: str, spec: WorkflowSpec) -> tuple[int, int, str]:
     """(tasks done, tasks in the spec, current step) from the execution history."""
+    import sqlalchemy as sa  # only --wait reads the database: a plain submit starts without SQLAlchemy
+
     try:
         with engine.connect() as conn:
             status = conn.execute(
@@ -271,7 +279,7 @@ def submit(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     spec = _check_against_spec(req)
-    kafka: KafkaResource = build_resources(get_settings())["kafka"]
+    kafka = clients.kafka_clients(get_settings())
     start = result_offsets(kafka) if wait else {}
     if direct:
         traceparent, run_id, launched = launch_direct(req, spec, dagster_url, dagster_location)
@@ -287,7 +295,9 @@ def submit(
         return
     # Both paths end the same way: the run-status sensor publishes one result per run that carries the
     # plan and event tags, which the request sensor and the direct launcher both set.
-    engine = build_resources(get_settings())["postgres"].engine
+    from agentflow_dagster.db import make_engine
+
+    engine = make_engine(clients.postgres_url(get_settings()))
     with LiveProgress(f"workflow {req.workflow}", "tasks") as bar:
 
         def show() -> None:

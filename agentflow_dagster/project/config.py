@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from agentflow_dagster.tools.mcp import McpServerConfig
+from agentflow_dagster.tools.mcp_config import McpServerConfig
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
 

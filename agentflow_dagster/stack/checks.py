@@ -69,9 +69,9 @@ def check_redis(url: str) -> Check:
 
 def check_kafka(bootstrap: str) -> Check:
     def probe() -> str:
-        from kafka import KafkaAdminClient
+        from agentflow_dagster.clients import KafkaClients
 
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), request_timeout_ms=5000)
+        admin = KafkaClients(bootstrap, request_timeout_ms=5000, client_id="agentflow-status").admin()
         try:
             topics = set(admin.list_topics())
         finally:
@@ -84,11 +84,12 @@ def check_kafka(bootstrap: str) -> Check:
     return _run("kafka", bootstrap, probe)
 
 
-def check_object_store(store: Any, address: str, expected: list[str] | None = None) -> Check:
-    """A signed S3 ListBuckets call; healthy when every expected bucket is there."""
+def check_object_store(store: Callable[[], Any], address: str, expected: list[str] | None = None) -> Check:
+    """A signed S3 ListBuckets call on the store `store()` builds; healthy when every expected bucket is
+    there (no keys to build it with is a finding too)."""
 
     def probe() -> str:
-        buckets = set(store.list_buckets())
+        buckets = set(store().list_buckets())
         missing = [b for b in expected or names.BUCKETS if b not in buckets]
         if missing:
             raise RuntimeError(f"buckets missing: {', '.join(missing)}")

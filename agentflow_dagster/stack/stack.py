@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from urllib.parse import urlparse
 import httpx
 import yaml
 
-from agentflow_dagster import names
+from agentflow_dagster import clients, names
 from agentflow_dagster.rag import embed_service
 from agentflow_dagster.settings import Settings
 from agentflow_dagster.stack import checks, llm_server, services
@@ -52,10 +54,10 @@ class Stack:
     def addresses(self) -> dict[str, str]:
         s = self.settings
         return {
-            "postgres": s.postgres_url or f"postgresql://postgres@127.0.0.1:{s.postgres_port}/agentflow",
+            "postgres": clients.postgres_url(s),
             "redis": s.redis_url or f"redis://127.0.0.1:{s.redis_port}/0",
-            "kafka": s.kafka_bootstrap_servers or f"127.0.0.1:{s.kafka_port}",
-            "object_store": s.s3_endpoint or f"127.0.0.1:{s.s3_port}",
+            "kafka": clients.kafka_bootstrap(s),
+            "object_store": clients.object_store_config(s)["endpoint"],
             "dagster_webserver": f"http://127.0.0.1:{s.webserver_port}",
         }
 
@@ -297,36 +299,38 @@ class Stack:
 
     # --- status / down ------------------------------------------------------------------------
     def status(self) -> list[checks.Check]:
-        from agentflow_dagster.resources_env import build_resources
-
+        """Every component's check, run concurrently (each has its own timeout), in a fixed order."""
         addr = self.addresses()
-        store = build_resources(self.settings)["object_store"].build()
-        result = [
-            checks.check_postgres(addr["postgres"]),
-            checks.check_redis(addr["redis"]),
-            checks.check_kafka(addr["kafka"]),
-            checks.check_object_store(store, addr["object_store"], self.buckets()),
-            *checks.check_dagster(addr["dagster_webserver"]),
-            checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
+        services_state = self.load_state()["services"]
+        probes: list[Callable[[], checks.Check | list[checks.Check]]] = [
+            lambda: checks.check_postgres(addr["postgres"]),
+            lambda: checks.check_redis(addr["redis"]),
+            lambda: checks.check_kafka(addr["kafka"]),
+            lambda: checks.check_object_store(
+                lambda: clients.object_store(self.settings), addr["object_store"], self.buckets()
+            ),
+            lambda: checks.check_dagster(addr["dagster_webserver"]),
+            lambda: checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
+            self.check_project,
         ]
-        result.append(self.check_project())
-        if llm := self.load_state()["services"].get("llm"):
-            result.append(llm_server.check_llm_server(llm["address"], llm["model"]))
-        if (emb := self.load_state()["services"].get("embeddings")) and emb.get("managed"):
-            result.append(embed_service.check(emb["address"]))
-        return result
+        if llm := services_state.get("llm"):
+            probes.append(lambda: llm_server.check_llm_server(llm["address"], llm["model"]))
+        if (emb := services_state.get("embeddings")) and emb.get("managed"):
+            probes.append(lambda: embed_service.check(emb["address"]))
+        with ThreadPoolExecutor(max_workers=len(probes), thread_name_prefix="status") as pool:
+            found = list(pool.map(lambda probe: probe(), probes))
+        return [c for f in found for c in (f if isinstance(f, list) else [f])]
 
     def check_project(self) -> checks.Check:
         """The project the stack serves (loaded and validated) and the LLM provider its runs use."""
         from agentflow_dagster.project import EXAMPLE_PROJECT, load_project
-        from resources.llm import LLMResource
 
         env = self.process_env()
         root = Path(env.get("AGENTFLOW_PROJECT_DIR") or EXAMPLE_PROJECT)
-        # The resource decides offline vs endpoint, as in the runs (resources_env.llm_resource).
-        llm = LLMResource(base_url=env.get("OPENAI_BASE_URL", ""), api_key=env.get("OPENAI_API_KEY", ""))
-        if not llm.offline:
-            provider = f"provider openai-compatible at {llm.endpoint}"
+        # The rule LLMResource applies in the runs: offline vs endpoint (resources_env.llm_resource).
+        endpoint = clients.llm_endpoint(env.get("OPENAI_BASE_URL", ""), env.get("OPENAI_API_KEY", ""))
+        if endpoint:
+            provider = f"provider openai-compatible at {endpoint}"
             # The same precedence as llm_resource: the local model server's model, then AGENTFLOW_MODEL.
             model = env.get("AGENTFLOW_LLM_MODEL") or env.get("AGENTFLOW_MODEL")
             provider += f", model {model}" if model else ", models from the project"

@@ -6,9 +6,8 @@ import json
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 import yaml
 from pydantic import BaseModel, ValidationError
 
@@ -22,6 +21,9 @@ from agentflow_dagster.workflows.spec import (
     TaskSpec,
     WorkflowSpec,
 )
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
 
 # The shipped workflows: the example project's (agentflow_dagster/example_project).
 SPECS_DIR = Path(__file__).resolve().parents[1] / "example_project" / "workflows"
@@ -251,6 +253,8 @@ def load_specs(
 
 def register_specs(engine: sa.Engine, specs: Iterable[WorkflowSpec]) -> list[tuple[str, str, str]]:
     """Upsert (name, version, hash) rows; a changed spec under an already recorded version is an error."""
+    import sqlalchemy as sa  # not at import: loading a project (status, submit) needs no database
+
     results: list[tuple[str, str, str]] = []
     with engine.begin() as conn:
         for spec in specs:
