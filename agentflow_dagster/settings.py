@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     sensor_loop_seconds: float = Field(default=0.5, gt=0, le=5)
     # The request sensor's long poll: an idle tick keeps reading for this long (sensors/kafka_reader.py).
     request_poll_seconds: float = Field(default=3.0, ge=0, le=15)
+    # How often the daemon replaces its code server even when nothing changed (Dagster: every 60 s, a
+    # new process importing the code location each time). A change of the project's files triggers a
+    # refresh within ~5 s regardless (agentflow_dagster/instance/daemon.py).
+    workspace_refresh_seconds: float = Field(default=3600, ge=5)
 
     # The model every agent uses unless it names its own (overrides the project's profiles).
     model: str | None = None

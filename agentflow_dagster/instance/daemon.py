@@ -10,12 +10,20 @@ that loop time, then runs the stock daemon CLI unchanged:
 Each loop is one read of the sensor states; a sensor still ticks only when its own minimum interval
 has passed. The constant is private to Dagster: `set_sensor_loop` fails loudly if a Dagster upgrade
 removes it, rather than silently running the 5 s loop.
+
+It also changes when the daemon replaces its code server. Stock Dagster does it every 60 s
+(`RELOAD_WORKSPACE_INTERVAL` in `dagster._daemon.controller`): a new `dagster api grpc` process that
+imports Dagster, the package and the project (listing its MCP servers' tools) whether or not anything
+changed, several CPU-seconds a minute on an idle stack (docs/performance.md). Here the refresh happens
+when the project's files change (checked on the controller's 5 s loop, so a project edit reaches the
+sensors within ~5 s instead of up to 60 s) and otherwise every `AGENTFLOW_WORKSPACE_REFRESH_SECONDS`
+(default 3600).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def set_sensor_loop(seconds: float) -> float:
@@ -34,12 +42,64 @@ def set_sensor_loop(seconds: float) -> float:
     return float(previous)
 
 
+def set_workspace_refresh(seconds: float, changed: Callable[[], bool]) -> float:
+    """Refresh the daemon's workspace every `seconds`, or as soon as `changed()` says so.
+
+    Returns the previous interval. Fails loudly when the private names it relies on are gone."""
+    import dagster._daemon.controller as controller
+
+    previous = getattr(controller, "RELOAD_WORKSPACE_INTERVAL", None)
+    klass = getattr(controller, "DagsterDaemonController", None)
+    check = getattr(klass, "check_workspace_freshness", None)
+    if not isinstance(previous, int | float) or check is None:
+        raise RuntimeError(
+            "dagster._daemon.controller.RELOAD_WORKSPACE_INTERVAL or check_workspace_freshness is gone "
+            "(Dagster upgrade?): the workspace refresh cannot be set; run the stock `dagster-daemon`"
+        )
+    stock = getattr(check, "__wrapped__", check)
+    controller.RELOAD_WORKSPACE_INTERVAL = seconds  # type: ignore[assignment]
+
+    def check_workspace_freshness(self: object, last_workspace_update_time: float) -> float:
+        if changed():
+            last_workspace_update_time = float("-inf")  # older than any interval: refresh now
+        return stock(self, last_workspace_update_time)
+
+    check_workspace_freshness.__wrapped__ = stock  # type: ignore[attr-defined]
+    klass.check_workspace_freshness = check_workspace_freshness  # type: ignore[union-attr]
+    return float(previous)
+
+
+def project_changed() -> Callable[[], bool]:
+    """A check that is true once each time the served project's files differ from the last look."""
+    from agentflow_dagster.project import project_dir
+    from agentflow_dagster.project.loader import fingerprint
+
+    def digest() -> str | None:
+        try:
+            return fingerprint(project_dir())[0]
+        except OSError:
+            return None
+
+    seen = [digest()]
+
+    def changed() -> bool:
+        now = digest()
+        if now == seen[0]:
+            return False
+        seen[0] = now
+        return True
+
+    return changed
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from dagster._daemon.cli import main as daemon_main
 
     from agentflow_dagster.settings import get_settings
 
-    set_sensor_loop(get_settings().sensor_loop_seconds)
+    settings = get_settings()
+    set_sensor_loop(settings.sensor_loop_seconds)
+    set_workspace_refresh(settings.workspace_refresh_seconds, project_changed())
     sys.argv = ["dagster-daemon", *(sys.argv[1:] if argv is None else argv)]
     daemon_main()
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 import yaml
 
 from agentflow_dagster.instance.coordinator import FastQueuedRunCoordinator
-from agentflow_dagster.instance.daemon import set_sensor_loop
+from agentflow_dagster.instance.daemon import project_changed, set_sensor_loop, set_workspace_refresh
 from agentflow_dagster.instance.storage import PooledPostgresStorage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -126,6 +126,67 @@ def test_sensor_loop_is_set_and_checked() -> None:
             set_sensor_loop(0)
     finally:
         set_sensor_loop(previous)
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.cleared = 0
+
+    def clear_all_grpc_endpoints(self) -> None:
+        self.cleared += 1
+
+
+class _Workspace:
+    def __init__(self) -> None:
+        self.refreshed = 0
+
+    def refresh_workspace(self) -> None:
+        self.refreshed += 1
+
+
+def test_workspace_refresh_on_interval_or_project_change() -> None:
+    """The daemon's code server is replaced when the project changed or the interval passed, not every 60 s."""
+    import time
+
+    import dagster._daemon.controller as controller
+
+    klass = controller.DagsterDaemonController
+    stock_check, stock_interval = klass.check_workspace_freshness, controller.RELOAD_WORKSPACE_INTERVAL
+    flags = [False]
+    fake = type("Controller", (), {})()
+    fake._grpc_server_registry, fake._workspace_process_context = _Registry(), _Workspace()
+    fake._logger = None
+    try:
+        assert set_workspace_refresh(600, lambda: flags[0]) == stock_interval == 60
+        assert controller.RELOAD_WORKSPACE_INTERVAL == 600
+        # 2 minutes since the last refresh: stock Dagster would start a new code server, this does not.
+        last = time.time() - 120
+        assert klass.check_workspace_freshness(fake, last) == last
+        assert fake._workspace_process_context.refreshed == 0
+        flags[0] = True  # the project's files changed: refresh now
+        assert klass.check_workspace_freshness(fake, time.time()) > last
+        assert (fake._grpc_server_registry.cleared, fake._workspace_process_context.refreshed) == (1, 1)
+        flags[0] = False  # the interval passed
+        assert klass.check_workspace_freshness(fake, time.time() - 601) > time.time() - 5
+        assert fake._workspace_process_context.refreshed == 2
+        # Setting it again wraps the stock method, not the previous wrapper.
+        set_workspace_refresh(600, lambda: False)
+        assert klass.check_workspace_freshness.__wrapped__ is stock_check  # type: ignore[attr-defined]
+    finally:
+        klass.check_workspace_freshness = stock_check  # type: ignore[method-assign]
+        controller.RELOAD_WORKSPACE_INTERVAL = stock_interval
+
+
+def test_project_change_is_seen_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    project = tmp_path / "proj"
+    (project / "agents").mkdir(parents=True)
+    (project / "agentflow.yaml").write_text("name: p\n")
+    monkeypatch.setenv("AGENTFLOW_PROJECT_DIR", str(project))
+    changed = project_changed()
+    assert changed() is False
+    (project / "agents" / "a.yaml").write_text("name: a\n")
+    assert changed() is True
+    assert changed() is False  # once per change
 
 
 def test_daemon_entry_point_is_the_stock_cli() -> None:
