@@ -29,6 +29,16 @@ MODULES = (
     "psycopg2",
     "psycopg2.extras",
     "agentflow_dagster.instance.storage",
+    # The S3 compute log manager `agentflow up` configures: dagster_aws (with its components), boto3 and
+    # botocore. Imported and its client built in every worker, it was ~40 % of the run workers' busy
+    # samples in a py-spy profile of a 30-event burst (docs/performance.md, issue 16).
+    "boto3",
+    "botocore.client",
+    "dagster_aws.s3.compute_log_manager",
+    "agentflow_dagster.instance.compute_logs_s3",
+    # The object store resource (S3 through the minio client).
+    "minio",
+    "agentflow_dagster.object_store",
     # Clients a workflow run touches.
     "kafka",
     "redis",
@@ -72,7 +82,27 @@ def preload() -> list[str]:
         from agentflow_dagster.llm.types import estimate_tokens
 
         estimate_tokens("warm")  # the cl100k BPE (~0.15 s of CPU to load), once for every worker
+    if "boto3" not in missing:
+        warm_botocore()
     return missing
+
+
+def warm_botocore() -> None:
+    """Build one S3 client on boto3's default session, which the workers inherit: the service model,
+    endpoint rules and generated method names are then cached before the fork, and each worker's
+    compute log manager builds its client from the caches. No request is sent, no credential looked up
+    (explicit throwaway keys), no connection opened."""
+    import boto3
+
+    client = boto3.resource(
+        "s3",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        aws_access_key_id="preload",
+        aws_secret_access_key="preload",  # noqa: S106 - not a secret: never sent anywhere
+        use_ssl=False,
+    ).meta.client
+    del client
 
 
 with contextlib.suppress(Exception):  # a preload must never stop the forkserver

@@ -145,7 +145,7 @@ class _Workspace:
 
 
 def test_workspace_refresh_on_interval_or_project_change() -> None:
-    """The daemon's code server is replaced when the project changed or the interval passed, not every 60 s."""
+    """The code server is replaced when the project changed or the interval passed (not every 60 s)."""
     import time
 
     import dagster._daemon.controller as controller
