@@ -3,9 +3,10 @@
     python bench/cli_bench.py [--repeat 5] [--data-dir DIR]
 
 Without --data-dir a real `agentflow up` stack is started on free loopback ports (embedding service
-included), docs/ is ingested into the collection `docs` and one `support_triage` workflow is run to
-the end (offline LLM provider), so that search, trace and audit have something real to read; the
-stack is stopped by `agentflow down` at the end. Each command is a fresh interpreter
+included) and stopped by `agentflow down` at the end; with --data-dir DIR the stack already running
+there (its AGENTFLOW_* ports from this environment) is used and left running. Either way docs/ is
+ingested into the collection `docs` and one `support_triage` workflow is run to the end (offline LLM
+provider), so that search, trace and audit have something real to read. Each command is a fresh interpreter
 (`python -m agentflow_dagster ...`), as a user's shell runs it. Targets (issue 16): search < 1 s,
 trace / audit / status < 1.5 s. Writes bench/results/cli_bench.{json,md,png}.
 """
@@ -60,13 +61,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--label", default="")
+    parser.add_argument("--data-dir", type=Path, default=None, help="use the stack running there")
     args = parser.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="cli-bench-"))
-    stack = LiveStack.create(tmp / "af")
-    data: dict[str, Any] = {"machine": machine(), "repeat": args.repeat}
+    if args.data_dir:
+        env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+        stack = LiveStack(args.data_dir, {}, env | {"AGENTFLOW_DATA_DIR": str(args.data_dir.resolve())})
+    else:
+        stack = LiveStack.create(Path(tempfile.mkdtemp(prefix="cli-bench-")) / "af")
+    data: dict[str, Any] = {"machine": machine(), "repeat": args.repeat, "own_stack": not args.data_dir}
     try:
         t0 = time.perf_counter()
-        stack.up()
+        if not args.data_dir:
+            stack.up()
         data["up_s"] = round(time.perf_counter() - t0, 1)
         t0 = time.perf_counter()
         plan = prepare(stack)
@@ -90,10 +96,12 @@ def main() -> None:
             k: {"wall_s": summary(v["wall"]), "cpu_s": summary(v["cpu"]), "samples_wall_s": v["wall"]}
             for k, v in samples.items()
         }
+        data["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         data["status_output"] = outputs["status"]
         data["search_output_head"] = outputs["search"][:600]
     finally:
-        stack.down()
+        if not args.data_dir:
+            stack.down()
     finish("cli_bench", args.label, data, markdown(data), plot)
 
 
@@ -110,8 +118,10 @@ def markdown(d: dict[str, Any]) -> str:
         [
             "# CLI latency against a live stack",
             "",
-            f"{m['host']}, {m['at']}, load average at start {m['loadavg_at_start']} ({m['note']}).",
-            f"`agentflow up` {d['up_s']} s; ingest docs/ + one support_triage to the end {d['prepare_s']} s; "
+            f"{m['host']}, {m['at']}, load average at start {m['loadavg_at_start']} ({m['note']}), "
+            f"at the end {d.get('loadavg_at_end')}.",
+            (f"`agentflow up` {d['up_s']} s" if d.get("own_stack", True) else "a stack already up")
+            + f"; ingest docs/ + one support_triage to the end {d['prepare_s']} s; "
             f"{d['repeat']} interleaved rounds, each command a fresh interpreter.",
             "",
             md_table(["command", "wall p50 s", "wall max s", "CPU p50 s", "target", "met"], rows),
