@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from typing import TYPE_CHECKING
 
 import dagster as dg
@@ -10,6 +12,10 @@ from agentflow_dagster.clients import KafkaClients
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+
+_SHARED_PRODUCERS: dict[tuple[int, str, int, str], KafkaProducer] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -27,6 +33,25 @@ class KafkaResource(dg.ConfigurableResource):
     def producer(self, **overrides: object) -> KafkaProducer:
         """An idempotence-minded producer: acks=all, bounded retries, ordered per partition."""
         return self.clients.producer(**overrides)
+
+    def shared_producer(self) -> KafkaProducer:
+        """The process's producer for this cluster (thread-safe, kept open): for sensors that publish on
+        many ticks, where a producer per tick cost its connection and metadata round trips. Keyed by
+        pid: a forked process never uses its parent's. A caller whose send failed drops it
+        (`drop_shared_producer`) so the next one starts afresh."""
+        key = (os.getpid(), self.bootstrap_servers, self.request_timeout_ms, self.client_id)
+        with _SHARED_LOCK:
+            producer = _SHARED_PRODUCERS.get(key)
+            if producer is None:
+                producer = _SHARED_PRODUCERS[key] = self.producer()
+            return producer
+
+    def drop_shared_producer(self) -> None:
+        key = (os.getpid(), self.bootstrap_servers, self.request_timeout_ms, self.client_id)
+        with _SHARED_LOCK:
+            producer = _SHARED_PRODUCERS.pop(key, None)
+        if producer is not None:
+            producer.close(timeout=5)
 
     def consumer(self, **overrides: object) -> KafkaConsumer:
         """A consumer without group management: sensors assign and seek from their cursor."""

@@ -9,11 +9,14 @@ import dagster as dg
 import sqlalchemy as sa
 from pydantic import PrivateAttr
 
-from agentflow_dagster.db import make_engine, migrate
+from agentflow_dagster.db import migrate, shared_engine
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """A SQLAlchemy engine (psycopg2 dialect) over the app schema, migrated on first use."""
+    """A SQLAlchemy engine (psycopg2 dialect) over the app schema, migrated on first use.
+
+    The engine is the process's shared one for this URL (`shared_engine`): building the resource,
+    which Dagster does for every sensor tick and every run, opens no new connection."""
 
     url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
     pool_size: int = 2
@@ -21,17 +24,15 @@ class PostgresResource(dg.ConfigurableResource):
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._engine = make_engine(self.url, pool_size=self.pool_size, max_overflow=2)
+        self._engine = shared_engine(self.url, pool_size=self.pool_size)
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        self._engine = None  # shared with later builds in this process: not disposed here
 
     @property
     def engine(self) -> sa.Engine:
         if self._engine is None:
-            self._engine = make_engine(self.url, pool_size=self.pool_size, max_overflow=2)
+            self._engine = shared_engine(self.url, pool_size=self.pool_size)
         return self._engine
 
     def migrate(self) -> None:

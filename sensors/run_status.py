@@ -261,17 +261,18 @@ class ResultPublisher:
 
     def _send(self, result: WorkflowResult, traceparent: str | None) -> None:
         headers = [("traceparent", traceparent.encode())] if traceparent else []
-        producer = self.kafka.producer()
+        producer = self.kafka.shared_producer()
         try:
+            # Acknowledged (acks=all) before the tick's cursor moves on, as with a producer per result.
             producer.send(
                 names.TOPIC_RESULTS,
                 key=result.plan_id.encode(),
                 value=result.model_dump_json().encode(),
                 headers=headers,
             ).get(timeout=15)
-            producer.flush(timeout=15)
-        finally:
-            producer.close(timeout=5)
+        except Exception:
+            self.kafka.drop_shared_producer()
+            raise
 
 
 def _finals_for(jobs: Sequence[dg.JobDefinition], specs: Mapping[str, SinkInfo]) -> dict[str, list[str]]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +28,25 @@ def make_engine(url: str, **kwargs: object) -> sa.Engine:
     kwargs.setdefault("connect_args", {"connect_timeout": 5})
     engine = sa.create_engine(sqlalchemy_url(url), **kwargs)  # type: ignore[arg-type]
     return engine if kwargs.get("pool_pre_ping") else ping_when_idle(engine)
+
+
+_SHARED: dict[tuple[int, str, int, int], sa.Engine] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_engine(url: str, pool_size: int = 2, max_overflow: int = 2) -> sa.Engine:
+    """One engine per (process, URL, pool) for the life of the process, never disposed by its users.
+
+    Dagster builds resources anew for every sensor tick (several a second in the code server): an
+    engine per build opened a new Postgres connection, a backend process on the server, per tick
+    (docs/performance.md). Keyed by pid, so a forked process never uses its parent's sockets.
+    """
+    key = (os.getpid(), url, pool_size, max_overflow)
+    with _SHARED_LOCK:
+        engine = _SHARED.get(key)
+        if engine is None:
+            engine = _SHARED[key] = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
+        return engine
 
 
 # A connection back in the pool for less than this is not pinged on its next checkout.

@@ -82,6 +82,9 @@ def preload() -> list[str]:
         from agentflow_dagster.llm.types import estimate_tokens
 
         estimate_tokens("warm")  # the cl100k BPE (~0.15 s of CPU to load), once for every worker
+        from agentflow_dagster.llm.pricing import cost_usd
+
+        cost_usd("gpt-4o-mini", 1, 1, provider="openai")  # genai-prices' snapshot, parsed on first use
     if "boto3" not in missing:
         warm_botocore()
     return missing

@@ -28,7 +28,9 @@ def test_preload_brings_the_s3_compute_log_manager_with_a_warm_boto3_session() -
         "loader = session._session.get_component('data_loader') if session else None; "
         "cached = [k for k in (loader._cache if loader else {}) if 's3' in str(k)]; "
         "print('agentflow_dagster.instance.compute_logs_s3' in sys.modules, 'minio' in sys.modules, "
-        "session is not None, bool(cached))"
+        "session is not None, bool(cached)); "
+        "from genai_prices import data_snapshot; "
+        "print(data_snapshot._bundled_snapshot.cache_info().currsize == 1)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert out.stdout.strip() == "True True True True", out.stdout + out.stderr[-2000:]
+    assert out.stdout.split() == ["True"] * 5, out.stdout + out.stderr[-2000:]

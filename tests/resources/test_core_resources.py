@@ -32,6 +32,31 @@ def test_postgres_round_trip_and_audit(pg_url: str) -> None:
     res.migrate()  # idempotent
 
 
+def test_postgres_resource_builds_share_one_engine_per_process(pg_url: str) -> None:
+    """Dagster builds resources for every sensor tick: the builds reuse one engine (no new connection
+    per tick); a forked process gets its own, never its parent's sockets."""
+    import os
+
+    from dagster import build_init_resource_context
+
+    first, second = PostgresResource(url=pg_url), PostgresResource(url=pg_url)
+    with first.engine.connect() as conn:
+        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    first.setup_for_execution(build_init_resource_context())
+    first.teardown_after_execution(build_init_resource_context())
+    assert second.engine is first.engine
+    with second.engine.connect() as conn:  # the pooled connection: the same server backend
+        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == backend
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new engine, then report whether it differs from the inherited one
+        same = PostgresResource(url=pg_url).engine is second.engine
+        os.write(write, b"same" if same else b"own")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 10) == b"own"
+
+
 def test_postgres_down_names_the_address() -> None:
     port = free_port()
     res = PostgresResource(url=f"postgresql://postgres@127.0.0.1:{port}/x")
@@ -76,6 +101,11 @@ def test_kafka_round_trip(kafka_bootstrap: str) -> None:
     consumer.close()
     assert [(r.value, r.headers) for r in got] == [(b"hello", [("traceparent", b"00-x")])]
     assert set(names.TOPICS) <= set(res.admin().list_topics())
+    shared = res.shared_producer()
+    assert KafkaResource(bootstrap_servers=kafka_bootstrap).shared_producer() is shared
+    res.drop_shared_producer()
+    assert res.shared_producer() is not shared
+    res.drop_shared_producer()
 
 
 def test_kafka_down_raises() -> None:
