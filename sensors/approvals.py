@@ -232,7 +232,10 @@ def make_approval_sensor(
             "resume_runs": [r.run_key for r in runs],
             "caught_up": result.caught_up,
         }
-        context.log.info(json.dumps(summary))
+        if any(summary[k] for k in ("decisions", "dead_lettered", "timeouts", "resume_runs")) or not (
+            result.caught_up
+        ):
+            context.log.info(json.dumps(summary))  # idle ticks do not log (one S3 upload per logged tick)
         return dg.SensorResult(run_requests=runs, cursor=result.cursor)
 
     return _sensor

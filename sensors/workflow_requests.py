@@ -341,10 +341,13 @@ def make_workflow_request_sensor(
             **dead_letter_hooks(postgres, name),
         )  # fmt: skip
         result = reader.read(context.cursor, intake.handle)
-        context.log.info(
-            f"{result.handled} requests -> {len(intake.run_requests)} run requests, "
-            f"{result.dead_lettered} dead-lettered, caught up: {result.caught_up}"
-        )
+        # Only ticks that did something log: a tick's log is stored by the compute log manager (an S3
+        # upload per tick on the stack), and an idle request sensor ticks every second or so.
+        if result.handled or result.dead_lettered or not result.caught_up:
+            context.log.info(
+                f"{result.handled} requests -> {len(intake.run_requests)} run requests, "
+                f"{result.dead_lettered} dead-lettered, caught up: {result.caught_up}"
+            )
         return dg.SensorResult(run_requests=intake.run_requests, cursor=result.cursor)
 
     return _sensor
