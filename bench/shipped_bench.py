@@ -381,6 +381,10 @@ def run_step(
     check = count_check(list(sent), [e for e, _, _ in results], [e for e, _ in rows])
     check.update(run_check(sent, [r["event_id"] for r in timings]))
     check["ok"] = check["ok"] and not check["missing_run"] and not check["duplicate_run"]
+    # A doubled event's runs by status (Dagster's run retry starts a second run after a failed one).
+    check["duplicate_run_statuses"] = {
+        e: sorted(r["status"] for r in timings if r["event_id"] == e) for e in check["duplicate_run"]
+    }
     resources = sampler.report(start, drained)
     cpu_groups = [g for g in sampler.roots if g not in MEMORY_ONLY]
     finishes = [r["finished_at"] for r in timings if r["status"] == "SUCCESS" and r["finished_at"]]
@@ -522,7 +526,8 @@ def report(data: dict[str, Any]) -> str:
         problems = ", ".join(
             f"{k.replace('_', ' ')} {c[k]}"
             for k in ("missing_run", "duplicate_run", "missing_result", "duplicate_result",
-                      "missing_history_row", "duplicate_history_row", "duplicate_event_ids_produced")
+                      "duplicate_run_statuses", "missing_history_row", "duplicate_history_row",
+                      "duplicate_event_ids_produced")
             if c[k]
         )  # fmt: skip
         lines.append(
