@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from common import BENCH, BenchStack, machine, md_table, plot_path, pyplot, summary, wait_until, write_results
+from cpuacct import CpuGroup
 
 from agentflow_dagster import names
 from tests.support.llm_server import LLMTestServer, slow
@@ -125,6 +126,21 @@ def run_timings(instance: Any, side: Side, sent: dict[str, float], timeout: floa
     return out
 
 
+class SideCpu:
+    """CPU-seconds of one side: its daemon's cgroup (daemon, code server, run workers) plus the shared
+    servers' cgroup (Postgres with its backends, Redis, Tansu, SeaweedFS), which only this side uses
+    while it is measured. The driver (producer, polling, LLM server) is left out. None without cgroups."""
+
+    def __init__(self, servers: CpuGroup | None, daemon: CpuGroup | None, marker: str):
+        self.servers, self.daemon, self.marker = servers, daemon, marker
+
+    def used(self) -> float | None:
+        if self.servers is None or self.daemon is None:
+            return None
+        self.servers.adopt_matching(self.marker)
+        return self.servers.usage_s() + self.daemon.usage_s()
+
+
 def measure(
     stack: BenchStack,
     side: Side,
@@ -133,6 +149,7 @@ def measure(
     tenants: int,
     env: dict[str, str],
     sustained: tuple[float, float] = (0.0, 0.0),
+    servers: CpuGroup | None = None,
 ) -> dict[str, Any]:
     """Warm-up, idle singles, the burst, then `sustained` = (rate per min, seconds), on a fresh daemon."""
     from dagster import DagsterInstance
@@ -141,6 +158,11 @@ def measure(
     instance = DagsterInstance.get()
     producer = KafkaProducer(bootstrap_servers=stack.kafka, acks="all", linger_ms=5)
     pid = stack.start_daemon(side.workspace, f"daemon_{side.name}", env, platform=side.name == "platform")
+    group = CpuGroup.create(f"e2e-{side.name}")
+    if group is not None:
+        group.adopt([pid])  # before it spawns its code server: every child inherits the group
+    cpu = SideCpu(servers, group, str(stack.data_dir))
+    cpu_s: dict[str, float | None] = {}
     prefix = f"{side.name}-{uuid.uuid4().hex[:8]}"
     try:
         started = time.monotonic()
@@ -153,13 +175,20 @@ def measure(
             single += run_timings(instance, side, publish(producer, side, batch), 300)
         time.sleep(6)
         burst_events = [side.event(f"{prefix}-burst-{i}", f"t{i % tenants}") for i in range(events)]
+        before = cpu.used()
         sent = publish(producer, side, burst_events)
         burst = run_timings(instance, side, sent, 60 + 20 * events)
-        steady = sustain(instance, producer, side, prefix, tenants, *sustained) if sustained[1] else None
+        after = cpu.used()
+        cpu_s["burst"] = after - before if after is not None and before is not None else None
+        steady = (
+            sustain(instance, producer, side, prefix, tenants, *sustained, cpu=cpu) if sustained[1] else None
+        )
     finally:
         producer.close(timeout=5)
         stack.stop_daemon(pid)
         cancel_unfinished(instance)
+        if group is not None:
+            group.remove()
     ok = [r for r in burst if r["status"] == "SUCCESS"]
     span = (max(r["finished_at"] for r in ok) - min(sent.values())) if ok else None
     by_event: dict[str, int] = {}
@@ -177,6 +206,7 @@ def measure(
         "events_with_several_runs": sum(1 for n in by_event.values() if n > 1),
         "throughput_per_min": round(60 * len(ok) / span, 2) if span else None,
         "burst_makespan_s": round(span, 2) if span else None,
+        "burst_cpu_s_per_workflow": round(cpu_s["burst"] / events, 3) if cpu_s.get("burst") else None,
         "single_stats": {k: summary([r[k] for r in single if r[k] is not None]) for k in METRICS},
         "burst_stats": {k: summary([r[k] for r in burst if r[k] is not None]) for k in METRICS},
         "sustained": steady,
@@ -199,17 +229,27 @@ def cancel_unfinished(instance: Any) -> None:
 
 
 def sustain(
-    instance: Any, producer: Any, side: Side, prefix: str, tenants: int, rate: float, seconds: float
+    instance: Any,
+    producer: Any,
+    side: Side,
+    prefix: str,
+    tenants: int,
+    rate: float,
+    seconds: float,
+    cpu: SideCpu | None = None,
 ) -> dict[str, Any]:
     """One event every 60/rate s for `seconds`; throughput = successes finished inside the window."""
     time.sleep(6)
     n = int(rate * seconds / 60)
+    cpu_start = cpu.used() if cpu else None
     start = time.time()
     sent: dict[str, float] = {}
     for i in range(n):
         time.sleep(max(0.0, start + i * 60 / rate - time.time()))
         sent.update(publish(producer, side, [side.event(f"{prefix}-sustained-{i}", f"t{i % tenants}")]))
     end = start + seconds
+    time.sleep(max(0.0, end - time.time()))
+    cpu_end = cpu.used() if cpu else None
     # Runs still queued at the end of the window are not waited for (a slow side would take hours).
     runs = run_timings(instance, side, sent, max(0.0, end - time.time()) + 30)
     inside = [r for r in runs if r["status"] == "SUCCESS" and r["finished_at"] and r["finished_at"] <= end]
@@ -222,6 +262,10 @@ def sustain(
         "events": n,
         "finished_in_window": len(inside),
         "throughput_per_min": round(60 * len(inside) / seconds, 2),
+        # CPU of the window (daemon tree + servers) over the workflows finished in it.
+        "cpu_s_per_workflow": round((cpu_end - cpu_start) / len(inside), 3)
+        if cpu_start is not None and cpu_end is not None and inside
+        else None,
         "runs_seen": len(runs),
         "events_with_several_runs": sum(1 for k in by_event.values() if k > 1),
         "finished_s": summary([r["finished_s"] for r in inside]),
@@ -264,7 +308,9 @@ def report(data: dict[str, Any], label: str) -> str:
         f"`{data.get('platform_launcher')}`; instance: repo dagster.yaml (baseline: the same settings on "
         f"stock Dagster classes), max_concurrent_runs {data.get('max_concurrent_runs', 4)}, "
         f"{data['tenants']} tenants ({data.get('tenant_limit', 2)} runs each at most); baseline executor "
-        f"`{data['baseline_executor']}`.",
+        f"`{data['baseline_executor']}`. CPU per workflow: {data.get('cpu_method', 'not measured')}, "
+        "each side's daemon tree (daemon, code server, run workers) plus the servers (Postgres, Redis, "
+        "Tansu, SeaweedFS), the benchmark driver excluded.",
         "",
     ]
     rows = []
@@ -281,6 +327,7 @@ def report(data: dict[str, Any], label: str) -> str:
                 st["first_task_s"]["p99"],
                 st["finished_s"]["p50"],
                 st["finished_s"]["p99"],
+                side.get("burst_cpu_s_per_workflow"),
                 f"{side['burst_succeeded']}/{side['burst_events']}",
             ]
         )
@@ -297,6 +344,7 @@ def report(data: dict[str, Any], label: str) -> str:
                 "first task p99",
                 "finished p50",
                 "finished p99",
+                "CPU s / workflow",
                 "succeeded",
             ],
             rows,
@@ -311,7 +359,7 @@ def report(data: dict[str, Any], label: str) -> str:
                 rows.append([name, sus["rate_per_min"], sus["seconds"], sus["events"],
                              sus["finished_in_window"], sus["throughput_per_min"], sus["first_task_s"]["p50"],
                              sus["finished_s"]["p50"], sus["finished_s"]["p99"],
-                             sus["events_with_several_runs"]])  # fmt: skip
+                             sus.get("cpu_s_per_workflow"), sus["events_with_several_runs"]])  # fmt: skip
         lines.append(
             md_table(
                 [
@@ -324,6 +372,7 @@ def report(data: dict[str, Any], label: str) -> str:
                     "first task p50 s",
                     "finished p50 s",
                     "finished p99 s",
+                    "CPU s / workflow",
                     "doubled",
                 ],
                 rows,
@@ -427,6 +476,7 @@ def main() -> None:
     llm = LLMTestServer().start()
     llm.rule(lambda body: True, slow(args.latency))
     stack = BenchStack(tmp / "af")
+    servers: CpuGroup | None = None
     try:
         stack.start(
             {
@@ -445,6 +495,8 @@ def main() -> None:
         from resources.kafka import KafkaResource
 
         KafkaResource(bootstrap_servers=stack.kafka).ensure_topics([BASELINE_TOPIC], 4)
+        servers = CpuGroup.create("e2e-servers")
+        data["cpu_method"] = "cgroup cpuacct" if servers else "not measured (no writable cgroup)"
         platform = Side(
             "platform", names.TOPIC_REQUESTS, names.TAG_EVENT_ID, BENCH / "workspace_platform.yaml"
         )
@@ -455,12 +507,14 @@ def main() -> None:
         llm.requests.clear()
         sustained = (args.sustained_rate, args.sustained_seconds)
         data["sustained"] = {"rate_per_min": args.sustained_rate, "seconds": args.sustained_seconds}
-        data["platform"] = measure(stack, platform, args.events, args.singles, args.tenants, env, sustained)
+        data["platform"] = measure(
+            stack, platform, args.events, args.singles, args.tenants, env, sustained, servers
+        )
         data["platform_checks"] = platform_checks(stack, data["platform"], llm.count())
         if not args.skip_baseline:
             print(f"baseline: warm-up, {args.singles} idle singles, burst of {args.events}", flush=True)
             data["baseline"] = measure(
-                stack, baseline, args.events, args.singles, args.tenants, {}, sustained
+                stack, baseline, args.events, args.singles, args.tenants, {}, sustained, servers
             )
             p, b = data["platform"], data["baseline"]
             data["ratios"] = {
@@ -475,6 +529,9 @@ def main() -> None:
                 "burst finished p50": _ratio(
                     p["burst_stats"]["finished_s"]["p50"], b["burst_stats"]["finished_s"]["p50"]
                 ),
+                "burst CPU per workflow": _ratio(
+                    p.get("burst_cpu_s_per_workflow"), b.get("burst_cpu_s_per_workflow")
+                ),
                 "idle first task p50": _ratio(
                     p["single_stats"]["first_task_s"]["p50"], b["single_stats"]["first_task_s"]["p50"]
                 ),
@@ -486,10 +543,12 @@ def main() -> None:
             )
             mp_env = {"BENCH_BASELINE_EXECUTOR": "multiprocess"}
             data["baseline_multiprocess"] = measure(
-                stack, mp, args.events, args.singles, args.tenants, mp_env, sustained
+                stack, mp, args.events, args.singles, args.tenants, mp_env, sustained, servers
             )
     finally:
         stack.stop()
+        if servers is not None:
+            servers.remove()
         llm.stop()
     name = "e2e_bench" + (f"_{args.label}" if args.label else "")
     js, md = write_results(name, data, report(data, args.label))
