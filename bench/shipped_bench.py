@@ -432,6 +432,11 @@ def report(data: dict[str, Any]) -> str:
         "",
         f"`{data['command']}`",
         "",
+        *(
+            [f"**Interrupted** ({data['interrupted']}): only the steps below finished.", ""]
+            if data.get("interrupted")
+            else []
+        ),
         f"LLM: loopback server, {data['latency_s']} s per call, schema-valid answers. Stack: BenchStack "
         "(Postgres, Redis, SeaweedFS, Tansu), the embedding service, the platform daemon on the repo's "
         f"workspace.yaml and dagster.yaml; {data['tenants']} tenants. Index (built before the timed part "
@@ -698,12 +703,15 @@ def main() -> None:
         for workflow in workflows:
             for rate in rates:
                 data["steps"].append(run_step(ctx, workflow, rate, args.minutes, args))
-        sampler.stop()
-        data["samples"] = sampler.samples
-        data["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    except BaseException as exc:  # a SIGTERM, a timeout, a failure: the steps done so far are still written
+        data["interrupted"] = f"{type(exc).__name__}: {exc}"
+        if not data["steps"]:
+            raise
     finally:
+        data["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         if sampler is not None:
             sampler.stop()
+            data["samples"] = sampler.samples
         if producer is not None:
             producer.close(timeout=5)
         tree = _tree(daemon) if daemon else []
@@ -714,7 +722,12 @@ def main() -> None:
     data["model_loaded_outside_service"] = model_loaded_outside_service(tmp)
     finish("shipped_bench", args.label, data, report(data), plot)
     ok = all(s["count_check"]["ok"] for s in data["steps"]) and data["warmup_check"]["ok"]
-    if not ok or data["teardown_leftovers"] or data["model_loaded_outside_service"]:
+    if (
+        not ok
+        or data.get("interrupted")
+        or data["teardown_leftovers"]
+        or data["model_loaded_outside_service"]
+    ):
         raise SystemExit(f"count check failed, processes left running or a model loaded per run; logs: {tmp}")
     shutil.rmtree(tmp, ignore_errors=True)
 
