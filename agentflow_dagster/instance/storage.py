@@ -52,8 +52,36 @@ def assume_tables_exist() -> None:
     _tables_known = True
 
 
+_pools: dict[tuple[int, str, int, int, int], Any] = {}
+
+
+def _pool_for(
+    url: str, token_provider: Any, pool_size: int, max_overflow: int, pool_recycle: int
+) -> tuple[Any, bool]:
+    """(engine, shared): one pooled engine per process and URL for every instance the process opens.
+
+    Dagster opens a new instance from its ref for each sensor tick in the code server (and each
+    evaluation of a run-status sensor): with an engine per instance every tick connected anew, and
+    Postgres forked a backend for it, ~10 CPU-s a minute on an idle stack (bench/idle_bench.py,
+    docs/performance.md). Keyed by pid: a forked process never uses its parent's connections. With a
+    token provider (rotating credentials) each instance keeps its own engine, as before."""
+    kwargs: dict[str, Any] = {
+        "isolation_level": "AUTOCOMMIT", "pool_size": pool_size, "max_overflow": max_overflow,
+        "pool_recycle": pool_recycle,
+    }  # fmt: skip
+    if token_provider is not None:
+        return ping_when_idle(create_pg_engine(url, token_provider, **kwargs)), False
+    key = (os.getpid(), url, pool_size, max_overflow, pool_recycle)
+    with _checked_lock:
+        engine = _pools.get(key)
+        if engine is None:
+            engine = _pools[key] = ping_when_idle(create_pg_engine(url, None, **kwargs))
+    return engine, True
+
+
 class PooledPostgresStorage(DagsterPostgresStorage):
-    """`DagsterPostgresStorage` whose three storages share one pooled SQLAlchemy engine per instance."""
+    """`DagsterPostgresStorage` whose three storages share one pooled SQLAlchemy engine, the same for
+    every instance of the process on that database (`_pool_for`)."""
 
     def __init__(
         self,
@@ -79,15 +107,8 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         self.should_autocreate_tables = should_autocreate_tables
         self._inst_data = inst_data
         self.pool_size, self.max_overflow, self.pool_recycle = pool_size, max_overflow, pool_recycle
-        engine = create_pg_engine(
-            postgres_url,
-            token_provider,
-            isolation_level="AUTOCOMMIT",
-            pool_size=pool_size,
-            max_overflow=max_overflow,
-            pool_recycle=pool_recycle,
-        )
-        ping_when_idle(engine)
+        pool = (pool_size, max_overflow, pool_recycle)
+        engine, self._shared_pool = _pool_for(postgres_url, token_provider, *pool)
         kw = {"token_provider": token_provider}
         self._run_storage = _PooledRunStorage(postgres_url, check_tables, **kw)
         self._event_log_storage = _PooledEventLogStorage(postgres_url, check_tables, **kw)
@@ -95,6 +116,7 @@ class PooledPostgresStorage(DagsterPostgresStorage):
         for storage in (self._run_storage, self._event_log_storage, self._schedule_storage):
             # The stock constructors made NullPool engines, which hold no connection: swap in the pool.
             storage._engine = engine
+            storage._agentflow_shared_pool = self._shared_pool
         self._pooled = engine
         if check_tables:
             with _checked_lock:
@@ -167,6 +189,9 @@ def checkout_instance_dir() -> Path:
     return Settings().data_path / "dagster_dev"
 
 
+_true_checks: dict[tuple[int, Any, str], set[Any]] = {}
+
+
 def _once_true(check: Callable[..., bool], *, by_arg: bool = False) -> Callable[..., bool]:
     """Cache a schema check once it holds: a column, table or built index that exists does not go
     away while the process lives, and a False is asked again (a migration may add it). The cache key
@@ -174,7 +199,8 @@ def _once_true(check: Callable[..., bool], *, by_arg: bool = False) -> Callable[
     attr = f"_agentflow_true_{check.__name__}"
 
     def cached(self: Any, *args: Any) -> bool:
-        known: set[Any] = self.__dict__.setdefault(attr, set())
+        # Per process and database, not per storage object: the code server opens an instance a tick.
+        known = _true_checks.setdefault((os.getpid(), getattr(self, "postgres_url", id(self)), attr), set())
         key = args[0] if by_arg else None
         if key in known:
             return True
@@ -188,13 +214,16 @@ def _once_true(check: Callable[..., bool], *, by_arg: bool = False) -> Callable[
 
 
 class _DisposesPool:
-    """Closes the shared pool when Dagster disposes the storage (DagsterInstance.dispose)."""
+    """Closes the pool when Dagster disposes the storage (DagsterInstance.dispose), unless the pool is
+    the process's shared one, which later instances reuse."""
 
     _engine: Any
+    _agentflow_shared_pool: bool = False
 
     def dispose(self) -> None:
         super().dispose()  # type: ignore[misc]
-        self._engine.dispose()
+        if not self._agentflow_shared_pool:
+            self._engine.dispose()
 
 
 class _PooledRunStorage(_DisposesPool, PostgresRunStorage):

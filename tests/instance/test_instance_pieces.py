@@ -86,6 +86,37 @@ def test_pooled_storage_reuses_connections_where_stock_connects_per_query(
             assert _connects_per_query(stock, run.run_id) >= 30  # at least one per query
 
 
+def test_instances_of_a_process_share_one_pool(dagster_db: str, tmp_path: Path) -> None:
+    """The code server opens an instance per sensor tick: the ticks reuse the process's pool (no new
+    connection each), and disposing one instance leaves the pool to the next."""
+    cfg = {
+        "custom": {
+            "module": "agentflow_dagster.instance.storage",
+            "class": "PooledPostgresStorage",
+            "config": {"postgres_url": dagster_db, "pool_size": 1, "max_overflow": 3},
+        }
+    }
+    with _instance(tmp_path / "stock", {"postgres": {"postgres_url": dagster_db}}):
+        pass  # the tables (this process checked them once already, on the fixture's earlier database)
+    with _instance(tmp_path / "a", cfg) as first:
+        run = first.create_run_for_job(_job(), run_id=None)
+        engine = first.run_storage._engine  # type: ignore[attr-defined]
+    connects = {"n": 0}
+
+    def on_connect(*_: object) -> None:
+        connects["n"] += 1
+
+    sa.event.listen(engine, "connect", on_connect)
+    try:
+        for i in range(5):  # five "ticks", each its own instance
+            with _instance(tmp_path / f"tick{i}", cfg) as tick:
+                assert tick.run_storage._engine is engine  # type: ignore[attr-defined]
+                assert tick.get_run_by_id(run.run_id) is not None
+    finally:
+        sa.event.remove(engine, "connect", on_connect)
+    assert connects["n"] == 0  # the pooled connection of the first instance served every tick
+
+
 def test_pooled_storage_rejects_bad_pool_settings(dagster_db: str) -> None:
     with pytest.raises(ValueError, match="pool_size must be >= 1"):
         PooledPostgresStorage(dagster_db, pool_size=0)
