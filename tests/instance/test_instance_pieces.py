@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -45,8 +46,9 @@ def dagster_db(pg_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _connects_per_query(instance: dg.DagsterInstance, run_id: str, n: int = 30) -> int:
-    engine = instance.run_storage._engine  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def _counting_connects(engine: sa.Engine) -> Iterator[dict[str, int]]:
+    """{"n": new connections the engine opened inside the block}."""
     count = {"n": 0}
 
     def on_connect(*_: object) -> None:
@@ -54,10 +56,15 @@ def _connects_per_query(instance: dg.DagsterInstance, run_id: str, n: int = 30) 
 
     sa.event.listen(engine, "connect", on_connect)
     try:
-        for _ in range(n):
-            assert instance.get_run_by_id(run_id) is not None
+        yield count
     finally:
         sa.event.remove(engine, "connect", on_connect)
+
+
+def _connects_per_query(instance: dg.DagsterInstance, run_id: str, n: int = 30) -> int:
+    with _counting_connects(instance.run_storage._engine) as count:  # type: ignore[attr-defined]
+        for _ in range(n):
+            assert instance.get_run_by_id(run_id) is not None
     return count["n"]
 
 
@@ -101,19 +108,11 @@ def test_instances_of_a_process_share_one_pool(dagster_db: str, tmp_path: Path) 
     with _instance(tmp_path / "a", cfg) as first:
         run = first.create_run_for_job(_job(), run_id=None)
         engine = first.run_storage._engine  # type: ignore[attr-defined]
-    connects = {"n": 0}
-
-    def on_connect(*_: object) -> None:
-        connects["n"] += 1
-
-    sa.event.listen(engine, "connect", on_connect)
-    try:
+    with _counting_connects(engine) as connects:
         for i in range(5):  # five "ticks", each its own instance
             with _instance(tmp_path / f"tick{i}", cfg) as tick:
                 assert tick.run_storage._engine is engine  # type: ignore[attr-defined]
                 assert tick.get_run_by_id(run.run_id) is not None
-    finally:
-        sa.event.remove(engine, "connect", on_connect)
     assert connects["n"] == 0  # the pooled connection of the first instance served every tick
 
 
