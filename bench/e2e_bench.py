@@ -131,12 +131,15 @@ class SideCpu:
     servers' cgroup (Postgres with its backends, Redis, Tansu, SeaweedFS), which only this side uses
     while it is measured. The driver (producer, polling, LLM server) is left out. None without cgroups."""
 
-    def __init__(self, servers: CpuGroup | None, daemon: CpuGroup | None, marker: str):
-        self.servers, self.daemon, self.marker = servers, daemon, marker
+    def __init__(self, servers: CpuGroup | None, daemon: CpuGroup | None, marker: str, pids: list[int]):
+        self.servers, self.daemon, self.marker, self.pids = servers, daemon, marker, pids
 
     def used(self) -> float | None:
         if self.servers is None or self.daemon is None:
             return None
+        # The servers the stack started (Redis and Tansu have no data dir on their command line) and
+        # any process naming the data dir (the postmaster daemonises, SeaweedFS).
+        self.servers.adopt([p for p in self.pids if p not in set(self.servers.pids())])
         self.servers.adopt_matching(self.marker)
         return self.servers.usage_s() + self.daemon.usage_s()
 
@@ -161,7 +164,7 @@ def measure(
     group = CpuGroup.create(f"e2e-{side.name}")
     if group is not None:
         group.adopt([pid])  # before it spawns its code server: every child inherits the group
-    cpu = SideCpu(servers, group, str(stack.data_dir))
+    cpu = SideCpu(servers, group, str(stack.data_dir), stack.pids)
     cpu_s: dict[str, float | None] = {}
     prefix = f"{side.name}-{uuid.uuid4().hex[:8]}"
     try:

@@ -56,7 +56,8 @@ def measure(stack: BenchStack, servers: CpuGroup, refresh: int, minutes: float) 
     try:
         time.sleep(SETTLE_S)
         seen: set[int] = set()
-        servers.adopt_matching(marker)
+        servers.adopt(stack.pids)  # Redis and Tansu (no data dir on their command line), ...
+        servers.adopt_matching(marker)  # ... the daemonised postmaster and SeaweedFS
         d0, s0, t0 = group.usage_s(), servers.usage_s(), time.time()
         series = []
         while time.time() - t0 < minutes * 60:
@@ -100,7 +101,7 @@ def markdown(d: dict[str, Any]) -> str:
             "",
             f"{m['host']}, {m['at']}, load average at start {m['loadavg_at_start']} ({m['note']}).",
             f"Platform daemon on the benchmark code location, {SETTLE_S} s settle, then CPU from cgroups "
-            "(daemon tree; servers = Postgres with backends, Redis, Tansu, SeaweedFS).",
+            "(daemon tree; servers = Postgres with backends, Redis, Tansu, SeaweedFS; the driver excluded).",
             "",
             md_table(
                 [
