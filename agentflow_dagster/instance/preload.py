@@ -102,7 +102,7 @@ def warm_botocore() -> None:
         endpoint_url="http://127.0.0.1:9",
         region_name="us-east-1",
         aws_access_key_id="preload",
-        aws_secret_access_key="preload",  # noqa: S106 - not a secret: never sent anywhere
+        aws_secret_access_key="preload",  # noqa: S106  # nosec B106 - not a secret: never sent anywhere
         use_ssl=False,
     ).meta.client
     del client
