@@ -188,7 +188,7 @@ class MinioObjectStore:
             raise self._wrap(exc) from exc
 
 
-def build_store(
+def build_store(  # nosec B107 - an empty default means "no key given", not a password
     endpoint: str = "",
     access_key: str = "",
     secret_key: str = "",
