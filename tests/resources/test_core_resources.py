@@ -41,12 +41,22 @@ def test_postgres_resource_builds_share_one_engine_per_process(pg_url: str) -> N
 
     first, second = PostgresResource(url=pg_url), PostgresResource(url=pg_url)
     with first.engine.connect() as conn:
-        backend = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
     first.setup_for_execution(build_init_resource_context())
-    first.teardown_after_execution(build_init_resource_context())
+    first.teardown_after_execution(build_init_resource_context())  # does not dispose the shared engine
     assert second.engine is first.engine
-    with second.engine.connect() as conn:  # the pooled connection: the same server backend
-        assert conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one() == backend
+    opened = {"n": 0}
+
+    def on_connect(*_: object) -> None:
+        opened["n"] += 1
+
+    sa.event.listen(second.engine, "connect", on_connect)
+    try:
+        with second.engine.connect() as conn:  # a pooled connection: no new one, no new server backend
+            assert conn.execute(sa.text("SELECT 1")).scalar_one() == 1
+    finally:
+        sa.event.remove(second.engine, "connect", on_connect)
+    assert opened["n"] == 0
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: a new engine, then report whether it differs from the inherited one
