@@ -344,7 +344,9 @@ def make_run_status_sensors(
         postgres: PostgresResource,
         object_store: ObjectStoreResource,
     ) -> None:
-        run = context.dagster_run
+        # Read the run again: Dagster tags a failed run `will_retry` just after storing its failure event,
+        # and the tick's snapshot of the run can predate the tag (a retried run then published "failed").
+        run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
         pub = publisher(kafka, postgres, object_store, "workflow_result_failure_sensor")
         pub.close_open_tasks(run)
         if run.tags.get(WILL_RETRY_TAG) == "true":
