@@ -10,6 +10,7 @@ from typing import Any, Literal, Protocol
 import dagster as dg
 import sqlalchemy as sa
 from dagster._core.storage.tags import WILL_RETRY_TAG
+from dagster._daemon.auto_run_reexecution.auto_run_reexecution import should_retry
 
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowResult
@@ -55,6 +56,20 @@ def _run_error(instance: dg.DagsterInstance, run: dg.DagsterRun, fallback: str |
                 error = error.cause
             lines.append(f"{event.step_key}: {error.message.strip()}")
     return "\n".join(lines)[:4000] or (fallback or "run failed")
+
+
+def _will_retry(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether the instance's run retries will re-execute this failed run (its retry then publishes).
+
+    Dagster stores the run's failure first and tags it `will_retry` just after, so a sensor can see the
+    failure before the tag. Without the tag, decide as the retry daemon will (and tag the run as it does).
+    """
+    tag = run.tags.get(WILL_RETRY_TAG)
+    if tag is not None:
+        return tag == "true"
+    if not instance.run_retries_enabled or run.status != dg.DagsterRunStatus.FAILURE:
+        return False
+    return should_retry(run, instance)
 
 
 def _final_output(
@@ -344,12 +359,10 @@ def make_run_status_sensors(
         postgres: PostgresResource,
         object_store: ObjectStoreResource,
     ) -> None:
-        # Read the run again: Dagster tags a failed run `will_retry` just after storing its failure event,
-        # and the tick's snapshot of the run can predate the tag (a retried run then published "failed").
         run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
         pub = publisher(kafka, postgres, object_store, "workflow_result_failure_sensor")
         pub.close_open_tasks(run)
-        if run.tags.get(WILL_RETRY_TAG) == "true":
+        if _will_retry(context.instance, run):
             # The instance re-executes this run (run_retries): its retry publishes the event's one result.
             context.log.info(f"run {run.run_id} failed and will be retried; result left to the retry")
             return

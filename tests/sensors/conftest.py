@@ -37,17 +37,23 @@ def object_store(object_store_dir: Path) -> ObjectStoreResource:
 
 
 @pytest.fixture(scope="session")
-def dagster_instance(pg_url: str) -> Iterator[dg.DagsterInstance]:
-    """A real Dagster instance whose storage is a database of its own on the session Postgres."""
+def dagster_storage_url(pg_url: str) -> str:
+    """A database of its own on the session Postgres for the tests' Dagster instances."""
     admin = make_engine(pg_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         if not conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = 'dagster_sensors'")).first():
             conn.execute(sa.text("CREATE DATABASE dagster_sensors"))
     admin.dispose()
-    url = (
+    return (
         make_url(sqlalchemy_url(pg_url)).set(database="dagster_sensors").render_as_string(hide_password=False)
     )
-    with dg.instance_for_test(overrides={"storage": {"postgres": {"postgres_url": url}}}) as instance:
+
+
+@pytest.fixture(scope="session")
+def dagster_instance(dagster_storage_url: str) -> Iterator[dg.DagsterInstance]:
+    """A real Dagster instance whose storage is a database of its own on the session Postgres."""
+    overrides = {"storage": {"postgres": {"postgres_url": dagster_storage_url}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
         yield instance
 
 

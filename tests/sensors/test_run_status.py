@@ -7,6 +7,7 @@ import uuid
 
 import dagster as dg
 import sqlalchemy as sa
+from dagster._core.storage.tags import MAX_RETRIES_TAG, WILL_RETRY_TAG
 
 from agentflow_dagster import names
 from agentflow_dagster.events import WorkflowResult, plan_id_for
@@ -42,7 +43,9 @@ def queue_plan(postgres: PostgresResource, event_id: str, output: dict[str, obje
     return plan_id
 
 
-def run_job(instance: dg.DagsterInstance, event_id: str, fail: bool) -> dg.DagsterRun:
+def run_job(
+    instance: dg.DagsterInstance, event_id: str, fail: bool, max_retries: int | None = None
+) -> dg.DagsterRun:
     tags = {
         names.TAG_PLAN_ID: plan_id_for(event_id),
         names.TAG_EVENT_ID: event_id,
@@ -50,6 +53,8 @@ def run_job(instance: dg.DagsterInstance, event_id: str, fail: bool) -> dg.Dagst
         names.TAG_TENANT: "acme",
         "agentflow/traceparent": TRACEPARENT,
     }
+    if max_retries is not None:
+        tags[MAX_RETRIES_TAG] = str(max_retries)
     result = echo_flow.execute_in_process(
         run_config={"ops": {"answer": {"config": {"fail": fail}}}},
         instance=instance,
@@ -139,3 +144,38 @@ def test_results_published_exactly_once_per_run(
     assert rows[bad_plan][:3] == ("failed", [bad_run.run_id], True)
     assert sorted(claims) == sorted([(ok_run.run_id, "succeeded"), (bad_run.run_id, "failed")])
     assert action_list.count("run.succeeded") == 1
+
+
+def test_failed_run_seen_before_its_will_retry_tag_is_left_to_its_retry(
+    kafka: KafkaResource,
+    postgres: PostgresResource,
+    object_store: ObjectStoreResource,
+    dagster_instance: dg.DagsterInstance,
+    dagster_storage_url: str,
+) -> None:
+    """Dagster tags a failed run `will_retry` just after storing the failure: a tick in between must not
+    publish "failed" for a run that the instance retries (its retry publishes the one result)."""
+    _, _, failed, _ = make_run_status_sensors([echo_flow], {"echo_flow": EchoSpec()})
+    resources: dict[str, object] = {"kafka": kafka, "postgres": postgres, "object_store": object_store}
+    cursor = end_cursor(kafka, names.TOPIC_RESULTS)
+    retried_event, final_event = f"retry-{uuid.uuid4().hex[:8]}", f"final-{uuid.uuid4().hex[:8]}"
+    queue_plan(postgres, retried_event, None)
+    final_plan = queue_plan(postgres, final_event, None)
+    # Executed without run retries, so neither run carries the tag: the window the sensor can see.
+    retried_run = run_job(dagster_instance, retried_event, fail=True, max_retries=2)
+    final_run = run_job(dagster_instance, final_event, fail=True, max_retries=0)
+    assert WILL_RETRY_TAG not in retried_run.tags and WILL_RETRY_TAG not in final_run.tags
+
+    overrides = {
+        "storage": {"postgres": {"postgres_url": dagster_storage_url}},
+        "run_retries": {"enabled": True},
+    }
+    with dg.instance_for_test(overrides=overrides) as retrying:
+        evaluate_twice(failed, retrying, retried_run, dg.DagsterEventType.RUN_FAILURE, resources)
+        evaluate_twice(failed, retrying, final_run, dg.DagsterEventType.RUN_FAILURE, resources)
+        stored = retrying.get_run_by_id(retried_run.run_id)
+        assert stored is not None and stored.tags.get(WILL_RETRY_TAG) == "true"  # decided as the daemon will
+
+    records = read_all(kafka, names.TOPIC_RESULTS, cursor)
+    results = [WorkflowResult.model_validate_json(r.value) for r in records]
+    assert [(r.plan_id, r.status) for r in results] == [(final_plan, "failed")]
