@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # new process importing the code location each time). A change of the project's files triggers a
     # refresh within ~5 s regardless (agentflow_dagster/instance/daemon.py).
     workspace_refresh_seconds: float = Field(default=3600, ge=5)
+    # The run queue daemon launches a run as soon as the daemon's sensors queued it (false: it waits
+    # for its next dequeue interval, as stock Dagster). agentflow_dagster/instance/daemon.py.
+    dequeue_on_submit: bool = True
 
     # The model every agent uses unless it names its own (overrides the project's profiles).
     model: str | None = None

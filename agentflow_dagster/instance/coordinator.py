@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from typing import Any, cast
 
 import dagster as dg
 from dagster._core.run_coordinator import QueuedRunCoordinator
 from dagster._serdes import ConfigurableClassData
+
+# Set by every run this process submits to the queue: the run queue daemon of the same process
+# (`agentflow_dagster.instance.daemon`, where the sensors submit their runs) wakes on it.
+_submitted = threading.Event()
+
+
+def wait_for_submit(timeout: float) -> bool:
+    """Wait up to `timeout` s for a run submitted by this process; True when one was. Clears the flag."""
+    woke = _submitted.wait(timeout)
+    _submitted.clear()  # a run submitted from here on sets it again: the next wait returns at once
+    return woke
 
 
 class FastQueuedRunCoordinator(QueuedRunCoordinator):
@@ -29,6 +41,11 @@ class FastQueuedRunCoordinator(QueuedRunCoordinator):
                 f"FastQueuedRunCoordinator: dequeue_interval_ms must be 50..60000, got {dequeue_interval_ms}"
             )
         self._dequeue_interval_ms = dequeue_interval_ms
+
+    def submit_run(self, context: Any) -> dg.DagsterRun:
+        run = super().submit_run(context)
+        _submitted.set()  # stored as QUEUED: the dequeue loop of this process may launch it now
+        return run
 
     @property
     def dequeue_interval_seconds(self) -> float:  # type: ignore[override]

@@ -18,12 +18,20 @@ changed, several CPU-seconds a minute on an idle stack (docs/performance.md). He
 when the project's files change (checked on the controller's 5 s loop, so a project edit reaches the
 sensors within ~5 s instead of up to 60 s) and otherwise every `AGENTFLOW_WORKSPACE_REFRESH_SECONDS`
 (default 3600).
+
+And the run queue daemon launches a queued run as soon as this process queued it. Stock Dagster
+dequeues on its interval, which it waits in 0.5 s steps: a run the request sensor queued on an idle
+stack waited ~0.25-0.5 s before its launch. Here the loop waits for the coordinator's "run submitted"
+signal (`coordinator.wait_for_submit`), at most the dequeue interval (at least 0.5 s, as before), so a
+slot freed by a finished run is still found on that interval.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def set_sensor_loop(seconds: float) -> float:
@@ -69,6 +77,37 @@ def set_workspace_refresh(seconds: float, changed: Callable[[], bool]) -> float:
     return float(previous)
 
 
+def set_dequeue_wake() -> None:
+    """Run queue daemon: iterate as soon as a run is queued in this process, else every interval."""
+    from dagster._daemon.run_coordinator import queued_run_coordinator_daemon as queue_daemon
+
+    from agentflow_dagster.instance.coordinator import wait_for_submit
+
+    klass = queue_daemon.QueuedRunCoordinatorDaemon
+    stock_init, stock_iteration = klass.__init__, klass.run_iteration
+    if getattr(stock_iteration, "__wrapped__", None) is not None:
+        return  # already set in this process
+    if "interval_seconds" not in inspect.signature(stock_init).parameters:
+        raise RuntimeError(
+            "QueuedRunCoordinatorDaemon(interval_seconds) changed (Dagster upgrade?): "
+            "the dequeue wake cannot be set; run the stock `dagster-daemon`"
+        )
+
+    def __init__(self: Any, interval_seconds: float, *args: Any, **kwargs: Any) -> None:
+        # The stock loop's own wait is skipped (interval 0): run_iteration below does the waiting.
+        stock_init(self, 0, *args, **kwargs)
+        self.agentflow_idle_seconds = max(float(interval_seconds), 0.5)
+
+    def run_iteration(self: Any, context: Any, fixed_iteration_time: float | None = None) -> Any:
+        if fixed_iteration_time is None:
+            wait_for_submit(self.agentflow_idle_seconds)
+        yield from stock_iteration(self, context, fixed_iteration_time)
+
+    run_iteration.__wrapped__ = stock_iteration  # type: ignore[attr-defined]
+    klass.__init__ = __init__  # type: ignore[method-assign]
+    klass.run_iteration = run_iteration  # type: ignore[method-assign,assignment]
+
+
 def project_changed() -> Callable[[], bool]:
     """A check that is true once each time the served project's files differ from the last look."""
     from agentflow_dagster.project import project_dir
@@ -100,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = get_settings()
     set_sensor_loop(settings.sensor_loop_seconds)
     set_workspace_refresh(settings.workspace_refresh_seconds, project_changed())
+    if settings.dequeue_on_submit:
+        set_dequeue_wake()
     sys.argv = ["dagster-daemon", *(sys.argv[1:] if argv is None else argv)]
     daemon_main()
 

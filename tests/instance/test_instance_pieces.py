@@ -13,8 +13,13 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from agentflow_dagster.instance.coordinator import FastQueuedRunCoordinator
-from agentflow_dagster.instance.daemon import project_changed, set_sensor_loop, set_workspace_refresh
+from agentflow_dagster.instance.coordinator import FastQueuedRunCoordinator, wait_for_submit
+from agentflow_dagster.instance.daemon import (
+    project_changed,
+    set_dequeue_wake,
+    set_sensor_loop,
+    set_workspace_refresh,
+)
 from agentflow_dagster.instance.storage import PooledPostgresStorage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,6 +161,45 @@ def test_sensor_loop_is_set_and_checked() -> None:
             set_sensor_loop(0)
     finally:
         set_sensor_loop(previous)
+
+
+def test_queued_run_wakes_the_dequeue_loop() -> None:
+    """A run queued through the coordinator wakes the run queue daemon of the same process at once;
+    without one the daemon waits its interval (at least 0.5 s), as the stock loop does."""
+    import threading
+
+    from dagster._core.remote_origin import (
+        RegisteredCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
+    from dagster._core.run_coordinator import SubmitRunContext
+    from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
+
+    klass = QueuedRunCoordinatorDaemon
+    stock_init, stock_iteration = klass.__init__, klass.run_iteration
+    try:
+        set_dequeue_wake()
+        set_dequeue_wake()  # idempotent: wraps the stock methods once
+        assert klass.run_iteration.__wrapped__ is stock_iteration  # type: ignore[attr-defined]
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=0.25)
+        assert (daemon.interval_seconds, daemon.agentflow_idle_seconds) == (0, 0.5)  # type: ignore[attr-defined]
+    finally:
+        klass.__init__ = stock_init  # type: ignore[method-assign]
+        klass.run_iteration = stock_iteration  # type: ignore[method-assign]
+
+    coordinator = {"module": "agentflow_dagster.instance.coordinator", "class": "FastQueuedRunCoordinator"}
+    with dg.instance_for_test(overrides={"run_coordinator": coordinator}) as instance:
+        assert wait_for_submit(0.05) is False  # nothing queued: the wait runs out
+        location = RegisteredCodeLocationOrigin(location_name="probe")
+        origin = RemoteJobOrigin(RemoteRepositoryOrigin(location, "repo"), "pool_probe")
+        run = instance.create_run_for_job(_job(), remote_job_origin=origin)
+        submit = SubmitRunContext(run, None)  # type: ignore[arg-type]  # the coordinator reads the run only
+        threading.Timer(0.2, instance.run_coordinator.submit_run, (submit,)).start()
+        assert wait_for_submit(60) is True  # woken by the submit, not by the 60 s timeout
+        stored = instance.get_run_by_id(run.run_id)
+        assert stored is not None and stored.status == dg.DagsterRunStatus.QUEUED
+        assert wait_for_submit(0.05) is False  # the signal was consumed
 
 
 class _Registry:
