@@ -42,6 +42,7 @@ MODULES = (
     # Clients a workflow run touches.
     "kafka",
     "redis",
+    "resources.redis",
     "httpx",
     "httpx2",
     "httpcore2",
