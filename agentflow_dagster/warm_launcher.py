@@ -66,6 +66,25 @@ def _run_worker(run_id: str, instance_ref_json: str) -> None:
         _execute(run_id, instance)
 
 
+def _warm_instance(instance: dg.DagsterInstance) -> None:
+    """What each run worker otherwise did after its run arrived (py-spy, issue 16): the run storage's
+    schema check behind its first run read, and the compute log manager (an S3 client) built on first
+    use. A failure here is left to the run, which meets it again and reports it."""
+    with contextlib.suppress(Exception):
+        instance.get_run_records(limit=1)
+    with contextlib.suppress(Exception):
+        _ = instance.compute_log_manager
+
+
+def _warm_resources(defs: dg.Definitions) -> None:
+    """Resources with a `warm()` method open their per-process connections before the run arrives."""
+    for resource in (defs.resources or {}).values():
+        warm = getattr(resource, "warm", None)
+        if callable(warm):
+            with contextlib.suppress(Exception):
+                warm()
+
+
 def _standby_worker(conn: Any, instance_ref_json: str, preload_modules: Sequence[str]) -> None:
     """A run worker started before its run: instance open, repositories loaded, then one run id."""
     import importlib
@@ -78,6 +97,8 @@ def _standby_worker(conn: Any, instance_ref_json: str, preload_modules: Sequence
             defs = getattr(importlib.import_module(name), "defs", None)
             if isinstance(defs, dg.Definitions):
                 defs.get_repository_def()
+                _warm_resources(defs)
+        _warm_instance(instance)
         conn.send("ready")
         try:
             run_id = conn.recv()

@@ -30,6 +30,8 @@ def summarise(path: str, top: int = 25) -> str:
     with open(path) as fh:
         for line in fh:
             stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not count.isdigit():
+                continue  # a frame name py-spy wrote across lines
             n, frames = int(count), stack.split(";")
             if IDLE.search(frames[-1]):
                 continue

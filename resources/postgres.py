@@ -35,6 +35,11 @@ class PostgresResource(dg.ConfigurableResource):
             self._engine = shared_engine(self.url, pool_size=self.pool_size)
         return self._engine
 
+    def warm(self) -> None:
+        """Open a pooled connection of the shared engine now (a standby run worker, before its run)."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
     def migrate(self) -> None:
         migrate(self.url)
 
