@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import threading
 from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from agentflow_dagster.clients import KafkaClients
+from agentflow_dagster.per_process import PerProcess
 
 if TYPE_CHECKING:
     from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 
-_SHARED_PRODUCERS: dict[tuple[int, str, int, str], KafkaProducer] = {}
-_SHARED_LOCK = threading.Lock()
+_PRODUCERS: PerProcess[KafkaProducer] = PerProcess()
 
 
 class KafkaResource(dg.ConfigurableResource):
@@ -39,19 +37,15 @@ class KafkaResource(dg.ConfigurableResource):
         many ticks, where a producer per tick cost its connection and metadata round trips. Keyed by
         pid: a forked process never uses its parent's. A caller whose send failed drops it
         (`drop_shared_producer`) so the next one starts afresh."""
-        key = (os.getpid(), self.bootstrap_servers, self.request_timeout_ms, self.client_id)
-        with _SHARED_LOCK:
-            producer = _SHARED_PRODUCERS.get(key)
-            if producer is None:
-                producer = _SHARED_PRODUCERS[key] = self.producer()
-            return producer
+        return _PRODUCERS.get(self._shared_key(), self.producer)
 
     def drop_shared_producer(self) -> None:
-        key = (os.getpid(), self.bootstrap_servers, self.request_timeout_ms, self.client_id)
-        with _SHARED_LOCK:
-            producer = _SHARED_PRODUCERS.pop(key, None)
+        producer = _PRODUCERS.pop(self._shared_key())
         if producer is not None:
             producer.close(timeout=5)
+
+    def _shared_key(self) -> tuple[str, int, str]:
+        return (self.bootstrap_servers, self.request_timeout_ms, self.client_id)
 
     def consumer(self, **overrides: object) -> KafkaConsumer:
         """A consumer without group management: sensors assign and seek from their cursor."""

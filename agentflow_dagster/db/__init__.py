@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+
+from agentflow_dagster.per_process import PerProcess
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -30,8 +30,7 @@ def make_engine(url: str, **kwargs: object) -> sa.Engine:
     return engine if kwargs.get("pool_pre_ping") else ping_when_idle(engine)
 
 
-_SHARED: dict[tuple[int, str, int, int], sa.Engine] = {}
-_SHARED_LOCK = threading.Lock()
+_ENGINES: PerProcess[sa.Engine] = PerProcess()
 
 
 def shared_engine(url: str, pool_size: int = 2, max_overflow: int = 2) -> sa.Engine:
@@ -41,12 +40,10 @@ def shared_engine(url: str, pool_size: int = 2, max_overflow: int = 2) -> sa.Eng
     engine per build opened a new Postgres connection, a backend process on the server, per tick
     (docs/performance.md). Keyed by pid, so a forked process never uses its parent's sockets.
     """
-    key = (os.getpid(), url, pool_size, max_overflow)
-    with _SHARED_LOCK:
-        engine = _SHARED.get(key)
-        if engine is None:
-            engine = _SHARED[key] = make_engine(url, pool_size=pool_size, max_overflow=max_overflow)
-        return engine
+    return _ENGINES.get(
+        (url, pool_size, max_overflow),
+        lambda: make_engine(url, pool_size=pool_size, max_overflow=max_overflow),
+    )
 
 
 # A connection back in the pool for less than this is not pinged on its next checkout.

@@ -26,8 +26,11 @@ from typing import Any, cast
 
 import click
 import dagster as dg
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.base_storage import DagsterStorage
 from dagster._core.storage.config import pg_config
+from dagster._core.storage.event_log import SqlEventLogStorageTable
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
 from dagster_postgres.event_log import PostgresEventLogStorage
@@ -36,6 +39,7 @@ from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from dagster_postgres.utils import create_pg_engine, get_token_provider_from_config, pg_url_from_config
 
 from agentflow_dagster.db import ping_when_idle
+from agentflow_dagster.per_process import PerProcess
 
 log = logging.getLogger("agentflow.instance")
 _warned = False
@@ -52,7 +56,7 @@ def assume_tables_exist() -> None:
     _tables_known = True
 
 
-_pools: dict[tuple[int, str, int, int, int], Any] = {}
+_pools: PerProcess[Any] = PerProcess()
 
 
 def _pool_for(
@@ -71,12 +75,8 @@ def _pool_for(
     }  # fmt: skip
     if token_provider is not None:
         return ping_when_idle(create_pg_engine(url, token_provider, **kwargs)), False
-    key = (os.getpid(), url, pool_size, max_overflow, pool_recycle)
-    with _checked_lock:
-        engine = _pools.get(key)
-        if engine is None:
-            engine = _pools[key] = ping_when_idle(create_pg_engine(url, None, **kwargs))
-    return engine, True
+    key = (url, pool_size, max_overflow, pool_recycle)
+    return _pools.get(key, lambda: ping_when_idle(create_pg_engine(url, None, **kwargs))), True
 
 
 class PooledPostgresStorage(DagsterPostgresStorage):
@@ -238,6 +238,26 @@ class _PooledRunStorage(_DisposesPool, PostgresRunStorage):
 
 class _PooledEventLogStorage(_DisposesPool, PostgresEventLogStorage):
     has_asset_key_index_cols = _once_true(PostgresEventLogStorage.has_asset_key_index_cols)
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """The stock method without its `NOTIFY run_events` after every insert.
+
+        dagster-postgres keeps the NOTIFY "to support version skew" only: its own event watcher
+        polls, and nothing in Dagster LISTENs. Each step of a run stores ~6 events, and each NOTIFY was
+        a second round trip and a commit through Postgres's one notification queue. Everything else
+        (the insert, asset and asset-check indexing) is the stock method's."""
+        insert = self.prepare_insert_event(event)
+        with self._connect() as conn:
+            event_id = int(conn.execute(insert.returning(SqlEventLogStorageTable.c.id)).scalar_one())
+        dagster_event = event.dagster_event
+        if dagster_event is None:
+            return
+        if dagster_event.event_type in ASSET_EVENTS and dagster_event.asset_key:
+            with self.index_transaction() as conn:
+                self._store_asset_event_tags(conn, [event], [event_id])
+                self._store_asset_event(conn, event, event_id)
+        if dagster_event.event_type in ASSET_CHECK_EVENTS:
+            self.store_asset_check_event(event, event_id)
 
 
 class _PooledScheduleStorage(_DisposesPool, PostgresScheduleStorage):

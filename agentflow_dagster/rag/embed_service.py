@@ -121,6 +121,9 @@ class EmbedClient:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: one connection per client thread
+    # The answer goes out as two writes (headers, then the vectors): with Nagle's algorithm the second
+    # waited for the client's delayed ACK, ~40 ms per query on loopback (60 -> 19 ms p50 without it).
+    disable_nagle_algorithm = True
     embedder: Any = None
     lock = threading.Lock()
     started = time.time()

@@ -121,6 +121,55 @@ def test_instances_of_a_process_share_one_pool(dagster_db: str, tmp_path: Path) 
     assert connects["n"] == 0  # the pooled connection of the first instance served every tick
 
 
+def _notifications(url: str, action: Callable[[], object]) -> int:
+    """How many `run_events` notifications Postgres delivers while `action` runs."""
+    import select
+
+    import psycopg2
+
+    listener = psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://", 1))
+    listener.set_session(autocommit=True)
+    try:
+        listener.cursor().execute("LISTEN run_events")
+        action()
+        select.select([listener], [], [], 1.0)  # delivered at commit: a second is plenty
+        listener.poll()
+        return len(listener.notifies)
+    finally:
+        listener.close()
+
+
+def test_pooled_event_log_stores_events_and_assets_without_notify(dagster_db: str, tmp_path: Path) -> None:
+    """Events and asset materializations are stored (and indexed) as stock does, minus the NOTIFY per
+    event that nothing listens to."""
+    cfg = {
+        "custom": {
+            "module": "agentflow_dagster.instance.storage",
+            "class": "PooledPostgresStorage",
+            "config": {"postgres_url": dagster_db},
+        }
+    }
+
+    @dg.asset(name="notify_probe")
+    def notify_probe() -> int:
+        return 1
+
+    with _instance(tmp_path / "stock", {"postgres": {"postgres_url": dagster_db}}):
+        pass  # the tables (this process checked them once already, on the fixture's earlier database)
+    with _instance(tmp_path / "pooled", cfg) as pooled:
+        quiet = _notifications(dagster_db, lambda: dg.materialize([notify_probe], instance=pooled))
+        assert quiet == 0
+        record = pooled.get_latest_materialization_event(dg.AssetKey("notify_probe"))
+        assert record is not None and record.asset_materialization is not None
+        run = pooled.get_run_by_id(record.run_id)
+        assert run is not None and run.status == dg.DagsterRunStatus.SUCCESS
+        kinds = {e.dagster_event.event_type for e in pooled.all_logs(run.run_id) if e.dagster_event}
+        assert {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS} <= kinds
+    with _instance(tmp_path / "stock2", {"postgres": {"postgres_url": dagster_db}}) as stock:
+        noisy = _notifications(dagster_db, lambda: dg.materialize([notify_probe], instance=stock))
+        assert noisy >= 6  # one per event: what the pooled storage no longer sends
+
+
 def test_pooled_storage_rejects_bad_pool_settings(dagster_db: str) -> None:
     with pytest.raises(ValueError, match="pool_size must be >= 1"):
         PooledPostgresStorage(dagster_db, pool_size=0)
