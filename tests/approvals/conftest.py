@@ -33,6 +33,7 @@ from tests.api.conftest import api_config, api_settings, client, engine, keys, s
 from tests.sensors.conftest import (  # noqa: F401
     FAST,
     dagster_instance,
+    dagster_storage_url,
     end_cursor,
     kafka,
     object_store,
