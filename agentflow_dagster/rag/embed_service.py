@@ -18,6 +18,7 @@ import http.client
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -176,8 +177,28 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per query would flood the stack log
 
 
-def make_server(host: str, port: int, model_path: str | None = None, threads: int = 0) -> ThreadingHTTPServer:
-    """Load and warm the model, then bind; `threads` > 0 sets AGENTFLOW_EMBED_THREADS for this process."""
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up while the model loaded (its request waited in the backlog) is gone
+        # by the time it is answered: one line, not a traceback per probe.
+        import sys
+
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError):
+            _log.info("client %s left before its answer: %s", client_address, exc)
+        else:
+            super().handle_error(request, client_address)
+
+
+def make_server(
+    host: str, port: int, model_path: str | None = None, threads: int = 0, fd: int | None = None
+) -> _Server:
+    """Load and warm the model, then bind (or serve on `fd`, a listening socket the parent bound).
+
+    `threads` > 0 sets AGENTFLOW_EMBED_THREADS for this process.
+    """
     from agentflow_dagster.rag.embedders import LocalEmbedder
 
     if threads > 0:
@@ -186,9 +207,43 @@ def make_server(host: str, port: int, model_path: str | None = None, threads: in
     embedder = LocalEmbedder(model_path, service_url=None)
     embedder.embed(["warm up"])
     handler = type("EmbedHandler", (_Handler,), {"embedder": embedder, "lock": threading.Lock()})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
+    if fd is None:
+        return _Server((host, port), handler)
+    server = _Server((host, port), handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = socket.socket(fileno=fd)
+    server.server_address = server.socket.getsockname()[:2]
     return server
+
+
+def _listen(host: str, port: int | None) -> socket.socket:
+    """A listening socket on `port`, else on DEFAULT_PORT, else on any free port.
+
+    Bound here, before the child spends seconds loading the model: a port that was only checked
+    could be taken in between (58100 lies in Linux's ephemeral range; a clean-clone CI run lost it to
+    another process and the service exited before answering).
+    """
+    from agentflow_dagster.stack.services import StackError
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        try:
+            sock.bind((host, DEFAULT_PORT if port is None else port))
+        except OSError as exc:
+            if port is not None:
+                raise StackError(
+                    "embed",
+                    f"{host}:{port}",
+                    f"the port is already in use by another process ({exc.strerror})",
+                    "stop that process, or choose another port with AGENTFLOW_EMBED_PORT",
+                ) from exc
+            sock.bind((host, 0))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def wait_ready(url: str, timeout: float = 120.0, pid: int | None = None) -> dict[str, Any]:
@@ -228,27 +283,31 @@ def start_service(data_dir: Path, env: Mapping[str, str]) -> Service:
     """Spawn the service (logs in data_dir/logs/embeddings.log); the stack records its address.
 
     Port: AGENTFLOW_EMBED_PORT (must be free), else 58100, else any free port (two stacks, tests).
+    This process binds it and hands the listening socket to the service, so no other process can
+    take the port while the model loads; clients that connect meanwhile wait in the backlog.
     """
     import subprocess
     import sys
 
-    from agentflow_dagster.stack.services import Service, _require_free, free_port, port_in_use
+    from agentflow_dagster.stack.services import Service
 
-    if os.environ.get("AGENTFLOW_EMBED_PORT"):
-        port = int(os.environ["AGENTFLOW_EMBED_PORT"])
-        _require_free("embed", port)
-    else:
-        port = DEFAULT_PORT if not port_in_use(DEFAULT_PORT) else free_port()
+    wanted = env.get("AGENTFLOW_EMBED_PORT") or os.environ.get("AGENTFLOW_EMBED_PORT")
+    sock = _listen("127.0.0.1", int(wanted) if wanted else None)
+    port = int(sock.getsockname()[1])
     log = data_dir / "logs" / "embeddings.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, "--port", str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            start_new_session=True,
-        )
+    try:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, "--port", str(port), "--fd", str(sock.fileno())],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env),
+                start_new_session=True,
+                pass_fds=(sock.fileno(),),
+            )
+    finally:
+        sock.close()  # the service holds its own copy
     return Service("embeddings", proc.pid, f"http://127.0.0.1:{port}", str(log))
 
 
@@ -284,10 +343,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--model-path", default=None, help="a sentence-transformers folder (default: the wheel's)"
     )
     parser.add_argument("--threads", type=int, default=0, help="0: AGENTFLOW_EMBED_THREADS, else 1")
+    parser.add_argument(
+        "--fd", type=int, default=None, help="serve on this inherited listening socket (`agentflow up`)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.perf_counter()
-    server = make_server(args.host, args.port, args.model_path, args.threads)
+    server = make_server(args.host, args.port, args.model_path, args.threads, args.fd)
     emb = server.RequestHandlerClass.embedder  # type: ignore[attr-defined]
     _log.info("serving %s (dim %d) on http://%s:%d, loaded in %.1f s", emb.model_id, emb.dimension,
               args.host, args.port, time.perf_counter() - t0)  # fmt: skip

@@ -87,16 +87,36 @@ def embed_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from agentflow_dagster.stack import services
 
     env = {**os.environ, "AGENTFLOW_EMBED_PORT": str(services.free_port())}
-    os.environ["AGENTFLOW_EMBED_PORT"] = env["AGENTFLOW_EMBED_PORT"]
-    try:
-        started = svc.start_service(tmp_path_factory.mktemp("embed"), env)
-    finally:
-        del os.environ["AGENTFLOW_EMBED_PORT"]
+    started = svc.start_service(tmp_path_factory.mktemp("embed"), env)
     try:
         svc.wait_started(started.address, started.log, started.pid)
         yield started.address
     finally:
         services.stop_pid(started.pid)
+
+
+def test_the_port_is_held_from_the_start_and_a_taken_one_is_named() -> None:
+    """`agentflow up` binds the port before the service loads its model (nothing can take it meanwhile)."""
+    import socket
+
+    from agentflow_dagster.rag import embed_service as svc
+    from agentflow_dagster.stack.services import StackError, port_in_use
+
+    squatter = socket.create_server(("127.0.0.1", 0))
+    taken = squatter.getsockname()[1]
+    try:
+        with pytest.raises(StackError, match=rf"127\.0\.0\.1:{taken}.*AGENTFLOW_EMBED_PORT"):
+            svc._listen("127.0.0.1", taken)
+        held = svc._listen("127.0.0.1", None)  # 58100, else any free port
+        try:
+            port = held.getsockname()[1]
+            assert port != taken and port_in_use(port)  # listening (backlog) before any child exists
+            with pytest.raises(OSError):
+                socket.create_server(("127.0.0.1", port))
+        finally:
+            held.close()
+    finally:
+        squatter.close()
 
 
 def test_status_check_embeds_a_real_query(embed_service: str) -> None:
