@@ -80,6 +80,15 @@ def test_status_checks_real_servers_without_heavy_imports(
     assert not state["dagster_webserver"] and not state["metrics"]
     assert not HEAVY & imported, HEAVY & imported
 
+    # The project is validated in a child process: a broken one is DOWN, naming the file and field.
+    broken = servers_dir / "broken_project"
+    broken.mkdir(exist_ok=True)
+    (broken / "agentflow.yaml").write_text("name: 5\n")
+    out, _ = run_cli({**env, "AGENTFLOW_PROJECT_DIR": str(broken)}, "status", "--json")
+    row = {c["component"]: c for c in json.loads(out.stdout)}["project"]
+    assert not row["healthy"] and row["address"] == str(broken), row
+    assert f"{broken}/agentflow.yaml: field 'name'" in row["detail"], row
+
 
 def test_submit_publishes_without_heavy_imports(kafka_bootstrap: str, tmp_path: Path) -> None:
     kafka = KafkaClients(kafka_bootstrap)

@@ -102,9 +102,14 @@ class EmbedClient:
         return dict(json.loads(raw))
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        body = json.dumps({"texts": list(texts), "batch_size": batch_size}).encode()
         import numpy as np  # here, not at import: `agentflow status` imports this module
 
+        rows, dim, raw = self.embed_bytes(texts, batch_size)
+        return np.frombuffer(raw, dtype="<f4").reshape(rows, dim).astype(np.float32)
+
+    def embed_bytes(self, texts: Sequence[str], batch_size: int = 64) -> tuple[int, int, bytes]:
+        """(rows, dimension, little-endian float32 bytes), checked against the texts sent."""
+        body = json.dumps({"texts": list(texts), "batch_size": batch_size}).encode()
         # One request per call keeps the batches what an in-process encode would make (identical
         # vectors), so a large call gets time in proportion. Generous: giving up makes the caller load
         # the model itself while the service still finishes the abandoned request (double the work).
@@ -117,7 +122,7 @@ class EmbedClient:
         rows, dim = int(headers["X-Rows"]), int(headers["X-Dimension"])
         if rows != len(texts) or len(raw) != rows * dim * 4:
             raise EmbedServiceError(f"{self.url}/embed sent {len(raw)} bytes for {len(texts)} texts x {dim}")
-        return np.frombuffer(raw, dtype="<f4").reshape(rows, dim).astype(np.float32)
+        return rows, dim, raw
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -329,7 +334,7 @@ def check(url: str) -> Check:
         client = EmbedClient(url, timeout=5.0)
         info = client.health()
         t0 = time.perf_counter()
-        client.embed(["status probe"])
+        client.embed_bytes(["status probe"])  # the vector's bytes checked, without importing numpy
         return f"{info['model_id']} dim {info['dimension']}, query {1000 * (time.perf_counter() - t0):.0f} ms"
 
     return _run("embeddings", url, probe)
