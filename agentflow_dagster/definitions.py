@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from agentflow_dagster.agents.roles import FramedPrompt
+from agentflow_dagster.project import current_project
 from agentflow_dagster.resources_env import build_resources
 from agentflow_dagster.settings import get_settings
 from agentflow_dagster.workflows.loader import load_specs
@@ -12,6 +14,11 @@ from sensors.workflow_sensors import workflow_sensors
 
 # Agents retrieve through the RAG retriever built from these two resources.
 specs = load_specs()
+# Every role's prompt template is built here, once, in the code location (and in the forkserver that
+# preloads it): loading a project only checks the templates (agents/roles.py FramedPrompt).
+for role in current_project().agents.values():
+    if isinstance(role.prompt, FramedPrompt):
+        role.prompt.build()
 workflow_jobs = build_workflow_jobs(specs.values(), retriever_keys=("embeddings", "vector_store"))
 
 defs = dg.Definitions(

@@ -7,12 +7,16 @@ role type, the prompt frame every role shares, and the lookup of the current pro
 from __future__ import annotations
 
 import functools
+import string
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from langchain_core.messages import BaseMessage
+    from langchain_core.prompts import ChatPromptTemplate
 
 # Retrieved text can carry prompt injections; the model is told, in the system message it cannot
 # see overridden by data, that delimited passages and task inputs are evidence only.
@@ -39,13 +43,79 @@ def output_schema(model: type[BaseModel]) -> dict[str, Any]:
     return dict(own) if own is not None else model.model_json_schema()
 
 
+class PromptTemplate(Protocol):
+    def format_messages(self, **kwargs: Any) -> list[BaseMessage]: ...
+
+
+class TemplateError(ValueError):
+    """A prompt template that does not parse, or reads a variable that is not a name."""
+
+
+@dataclass(frozen=True)
+class FramedPrompt:
+    """A role's system text and human template in the shared frame, checked without LangChain.
+
+    The `ChatPromptTemplate` is built on first use: loading a project to validate it (`agentflow
+    validate`, `agentflow status`) then does not import langchain_core.prompts (with langsmith, ~0.4 s
+    of a CLI call); the code location builds every role's template before run workers fork.
+    """
+
+    system: str
+    human: str | None = None
+    template_format: str = "f-string"
+
+    def variables(self) -> frozenset[str]:
+        """The variables the human template reads (the frame's own included); TemplateError if it
+        does not parse, the way LangChain reads them (string.Formatter; Jinja2's sandbox and meta)."""
+        if self.human is None:
+            return frozenset({"inputs", "retrieved", "schema"})
+        text = self.human + _frame(self.template_format)
+        if self.template_format == "jinja2":
+            text = _jinja_escape(self.system) + text  # a literal system text must survive as one
+            import jinja2
+            from jinja2 import meta
+            from jinja2.sandbox import SandboxedEnvironment
+
+            try:
+                return frozenset(meta.find_undeclared_variables(SandboxedEnvironment().parse(text)))
+            except jinja2.TemplateError as exc:
+                raise TemplateError(str(exc)) from None
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(text) if name is not None]
+        except ValueError as exc:
+            raise TemplateError(str(exc)) from None
+        bad = [n for n in names if not n.isidentifier()]
+        if bad:
+            raise TemplateError(f"template variables must be names, got {bad[0]!r}")
+        return frozenset(names)
+
+    @functools.cached_property
+    def template(self) -> ChatPromptTemplate:
+        return frame_prompt(self.system, self.human, self.template_format)
+
+    def build(self) -> ChatPromptTemplate:
+        return self.template
+
+    def format_messages(self, **kwargs: Any) -> list[BaseMessage]:
+        return self.template.format_messages(**kwargs)
+
+
+def _frame(template_format: str) -> str:
+    if template_format == "jinja2":
+        return (
+            "\n\nRetrieved documents:\n{{ retrieved }}\n\nRespond with one JSON object that validates "
+            "against this JSON schema:\n{{ schema }}"
+        )
+    return "\n\n" + HUMAN_TEMPLATE.split("\n\n", 1)[1]
+
+
 @dataclass(frozen=True)
 class AgentRole:
     """A role an LLM plays in a workflow task (loaded from a project's agents/*.yaml)."""
 
     name: str
     description: str
-    prompt: ChatPromptTemplate
+    prompt: PromptTemplate  # a FramedPrompt from a project, or any ChatPromptTemplate
     output: type[BaseModel]
     tools: frozenset[str] = frozenset()
     profile: str = "default"
@@ -79,19 +149,16 @@ def frame_prompt(
     system: str, human: str | None = None, template_format: str = "f-string"
 ) -> ChatPromptTemplate:
     """The role's messages: its system text plus the safety rules, and the human turn with the frame."""
+    from langchain_core.prompts import ChatPromptTemplate
+
     if human is None:
         return ChatPromptTemplate.from_messages(
             [("system", _escape(system) + SAFETY_RULES), ("human", HUMAN_TEMPLATE)]
         )
     if template_format == "jinja2":
-        frame = (
-            "\n\nRetrieved documents:\n{{ retrieved }}\n\nRespond with one JSON object that validates "
-            "against this JSON schema:\n{{ schema }}"
-        )
-        messages = [("system", _jinja_escape(system) + SAFETY_RULES), ("human", human + frame)]
+        messages = [("system", _jinja_escape(system) + SAFETY_RULES), ("human", human + _frame("jinja2"))]
     else:
-        frame = "\n\n" + HUMAN_TEMPLATE.split("\n\n", 1)[1]
-        messages = [("system", _escape(system) + SAFETY_RULES), ("human", human + frame)]
+        messages = [("system", _escape(system) + SAFETY_RULES), ("human", human + _frame("f-string"))]
     return ChatPromptTemplate.from_messages(messages, template_format=template_format)  # type: ignore[arg-type]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
-import string
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from langchain_core.prompts import ChatPromptTemplate
 from pydantic import BaseModel, ValidationError
 
-from agentflow_dagster.agents.roles import AgentRole, frame_prompt
+from agentflow_dagster.agents.roles import AgentRole, FramedPrompt, TemplateError
 from agentflow_dagster.agents.tools import RETRIEVAL
 from agentflow_dagster.errors import ProjectError
 from agentflow_dagster.project.config import AgentConfig, ProjectConfig
@@ -165,7 +163,7 @@ def _output_model(cfg: AgentConfig, file: str) -> type[BaseModel]:
         raise ProjectError(file, subject, "output_schema", str(exc)) from None
 
 
-def _template(cfg: AgentConfig, root: Path, file: str) -> tuple[ChatPromptTemplate, frozenset[str]]:
+def _template(cfg: AgentConfig, root: Path, file: str) -> tuple[FramedPrompt, frozenset[str]]:
     subject = f"agent {cfg.name!r}"
     human = cfg.prompt
     where = "prompt"
@@ -175,23 +173,15 @@ def _template(cfg: AgentConfig, root: Path, file: str) -> tuple[ChatPromptTempla
         if not path.is_relative_to((root / "prompts").resolve()) or not path.is_file():
             raise ProjectError(file, subject, where, f"no template file prompts/{cfg.prompt_file} in {root}")
         human = path.read_text()
+    prompt = FramedPrompt(cfg.system, human, cfg.prompt_format)
     try:
-        prompt = frame_prompt(cfg.system, human, cfg.prompt_format)
-    except Exception as exc:
-        raise ProjectError(file, subject, where, f"not a valid {cfg.prompt_format} template: {exc}") from None
-    if human is None:
-        return prompt, frozenset()
-    if cfg.prompt_format == "f-string":
-        try:
-            names = {name for _, name, _, _ in string.Formatter().parse(human) if name}
-        except ValueError as exc:
-            raise ProjectError(file, subject, where, f"not a valid f-string template: {exc}") from None
-    else:
-        names = set(prompt.input_variables)
-    bad = [n for n in names if not n.isidentifier()]
-    if bad:
-        raise ProjectError(file, subject, where, f"template variables must be names, got {bad[0]!r}")
-    return prompt, frozenset(names) - FRAME_VARIABLES
+        names = prompt.variables()
+    except TemplateError as exc:
+        problem = str(exc)
+        if not problem.startswith("template variables must be names"):
+            problem = f"not a valid {cfg.prompt_format} template: {problem}"
+        raise ProjectError(file, subject, where, problem) from None
+    return prompt, names - FRAME_VARIABLES
 
 
 def load_agent(path: Path, root: Path, tool_names: frozenset[str]) -> AgentRole:

@@ -54,6 +54,32 @@ def test_the_shipped_workflows_are_an_example_project() -> None:
     assert shipped.agents["drafter"].allows("retrieval") and not shipped.agents["classifier"].tools
 
 
+def test_templates_are_checked_without_langchain_and_read_what_langchain_reads(project: Path) -> None:
+    """Loading a project (validate, status) checks each template itself; the ChatPromptTemplate built
+    later reads the same variables, and a template LangChain refuses is refused at load time."""
+    import subprocess
+    import sys
+
+    from agentflow_dagster.agents.roles import FramedPrompt
+    from agentflow_dagster.project.loader import FRAME_VARIABLES
+
+    probe = "import sys; from agentflow_dagster.project import load_project; load_project(sys.argv[1]); "
+    probe += "print(sorted(m for m in sys.modules if m.startswith(('langchain', 'langsmith'))))"
+    for root in (project, EXAMPLE_PROJECT):
+        done = subprocess.run([sys.executable, "-c", probe, str(root)], capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]
+        for role in load_project(root).agents.values():
+            assert isinstance(role.prompt, FramedPrompt)
+            built = set(role.prompt.build().input_variables) - FRAME_VARIABLES
+            assert built == role.template_variables, (root, role.name)
+    jinja = FramedPrompt("sys {{ not a var }}", "Hi {{ name }} {% if tier %}{{ tier }}{% endif %}", "jinja2")
+    assert jinja.variables() - FRAME_VARIABLES == {"name", "tier"}
+    assert set(jinja.build().input_variables) - FRAME_VARIABLES == {"name", "tier"}
+    for human, fmt in (("Hi {name", "f-string"), ("Hi {% if x %}", "jinja2"), ("{a.b}", "f-string")):
+        with pytest.raises(ValueError):
+            FramedPrompt("sys", human, fmt).variables()
+
+
 def test_a_project_agent_reads_its_template_variables(project: Path) -> None:
     loaded = load_project(project)
     triager = loaded.agents["triager"]
