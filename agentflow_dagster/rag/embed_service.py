@@ -228,7 +228,7 @@ def _listen(host: str, port: int | None) -> socket.socket:
     could be taken in between (58100 lies in Linux's ephemeral range; a clean-clone CI run lost it to
     another process and the service exited before answering).
     """
-    from agentflow_dagster.stack.services import StackError
+    from agentflow_dagster.stack.services import port_taken
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -237,12 +237,7 @@ def _listen(host: str, port: int | None) -> socket.socket:
             sock.bind((host, DEFAULT_PORT if port is None else port))
         except OSError as exc:
             if port is not None:
-                raise StackError(
-                    "embed",
-                    f"{host}:{port}",
-                    f"the port is already in use by another process ({exc.strerror})",
-                    "stop that process, or choose another port with AGENTFLOW_EMBED_PORT",
-                ) from exc
+                raise port_taken("embed", port) from exc
             sock.bind((host, 0))
         sock.listen(128)
     except BaseException:
@@ -296,7 +291,7 @@ def start_service(data_dir: Path, env: Mapping[str, str]) -> Service:
 
     from agentflow_dagster.stack.services import Service
 
-    wanted = env.get("AGENTFLOW_EMBED_PORT") or os.environ.get("AGENTFLOW_EMBED_PORT")
+    wanted = env.get("AGENTFLOW_EMBED_PORT")
     sock = _listen("127.0.0.1", int(wanted) if wanted else None)
     port = int(sock.getsockname()[1])
     log = data_dir / "logs" / "embeddings.log"

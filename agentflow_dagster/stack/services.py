@@ -59,14 +59,19 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, interval: flo
     raise TimeoutError(f"{what} not ready after {timeout:.0f}s")
 
 
+def port_taken(component: str, port: int) -> StackError:
+    """The error for a component whose port another process holds (AGENTFLOW_<COMPONENT>_PORT)."""
+    return StackError(
+        component,
+        f"127.0.0.1:{port}",
+        "the port is already in use by another process",
+        f"stop that process, or choose another port with AGENTFLOW_{component.upper()}_PORT",
+    )
+
+
 def _require_free(component: str, port: int) -> None:
     if port_in_use(port):
-        raise StackError(
-            component,
-            f"127.0.0.1:{port}",
-            "the port is already in use by another process",
-            f"stop that process, or choose another port with AGENTFLOW_{component.upper()}_PORT",
-        )
+        raise port_taken(component, port)
 
 
 def pid_alive(pid: int) -> bool:

@@ -304,7 +304,15 @@ class Stack:
         services_state = self.load_state()["services"]
         # The project is validated in a child process, on the other core: loading it (pydantic models,
         # prompt templates) is most of the CPU `status` spends, and the other probes hold the GIL.
-        validation = self._start_project_validation()
+        # `agentflow validate` picks the project as the stack's processes do (project_dir()).
+        env = self.process_env()
+        validation = subprocess.Popen(
+            [sys.executable, "-m", "agentflow_dagster", "validate", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         probes: list[Callable[[], checks.Check | list[checks.Check]]] = [
             lambda: checks.check_postgres(addr["postgres"]),
             lambda: checks.check_redis(addr["redis"]),
@@ -314,7 +322,7 @@ class Stack:
             ),
             lambda: checks.check_dagster(addr["dagster_webserver"]),
             lambda: checks.check_metrics(f"http://127.0.0.1:{self.settings.metrics_port}/metrics"),
-            lambda: self.check_project(validation),
+            lambda: self.check_project(env, validation),
         ]
         if llm := services_state.get("llm"):
             probes.append(lambda: llm_server.check_llm_server(llm["address"], llm["model"]))
@@ -324,26 +332,9 @@ class Stack:
             found = list(pool.map(lambda probe: probe(), probes))
         return [c for f in found for c in (f if isinstance(f, list) else [f])]
 
-    def _project_root(self, env: dict[str, str]) -> Path:
-        example = Path(__file__).resolve().parents[1] / "example_project"  # project.EXAMPLE_PROJECT
-        return Path(env.get("AGENTFLOW_PROJECT_DIR") or example)
-
-    def _start_project_validation(self) -> subprocess.Popen[str]:
-        """`agentflow validate ROOT --json` with the stack's environment (what its run workers see)."""
-        env = self.process_env()
-        root = self._project_root(env)
-        return subprocess.Popen(
-            [sys.executable, "-m", "agentflow_dagster", "validate", str(root), "--json"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def check_project(self, validation: subprocess.Popen[str] | None = None) -> checks.Check:
-        """The project the stack serves (loaded and validated) and the LLM provider its runs use."""
-        env = self.process_env()
-        root = self._project_root(env)
+    def check_project(self, env: dict[str, str], validation: subprocess.Popen[str]) -> checks.Check:
+        """The project the stack serves (loaded and validated by `validation`, an `agentflow validate
+        --json` with the stack's environment `env`) and the LLM provider its runs use."""
         # The rule LLMResource applies in the runs: offline vs endpoint (resources_env.llm_resource).
         endpoint = clients.llm_endpoint(env.get("OPENAI_BASE_URL", ""), env.get("OPENAI_API_KEY", ""))
         if endpoint:
@@ -355,22 +346,23 @@ class Stack:
             provider = (
                 "provider offline-extractive (no OPENAI_API_KEY/OPENAI_BASE_URL: answers labelled offline)"
             )
-        proc = validation or self._start_project_validation()
+        # Where the project is, should the child not say: AGENTFLOW_PROJECT_DIR, else the example project.
+        root = env.get("AGENTFLOW_PROJECT_DIR") or "example project"
         try:
-            out, err = proc.communicate(timeout=120)
+            out, err = validation.communicate(timeout=120)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            return checks.Check("project", str(root), False, "validation did not finish within 120 s")
+            validation.kill()
+            validation.communicate()
+            return checks.Check("project", root, False, "validation did not finish within 120 s")
         try:
-            summary = json.loads(out)  # {"ok": true, ...} or, exit 1, {"ok": false, "error": ...}
+            summary = json.loads(out)  # {"ok": true, "project": ...} or, exit 1, {"ok": false, ..., "error"}
         except ValueError:
-            last = (err.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            return checks.Check("project", str(root), False, f"validation failed: {last}"[:400])
+            last = (err.strip().splitlines() or [f"exit code {validation.returncode}"])[-1]
+            return checks.Check("project", root, False, f"validation failed: {last}"[:400])
         if not summary.get("ok"):
-            return checks.Check("project", str(root), False, str(summary.get("error"))[:400])
+            return checks.Check("project", summary["project"], False, str(summary.get("error"))[:400])
         detail = f"{summary['name']}: {len(summary['workflows'])} workflows; {provider}"
-        return checks.Check("project", str(root), True, detail)
+        return checks.Check("project", summary["project"], True, detail)
 
     def down(self, echo: Any = print) -> list[str]:
         """Stop, in reverse order, only the processes this data directory's `up` started."""
