@@ -21,14 +21,20 @@ class WorkflowTokenBudget:
     see the others' finished calls only, so a fan-out can overshoot by at most one call per branch.
     """
 
-    def __init__(self, engine: sa.Engine, plan_id: str, cap: int | None = None):
+    def __init__(self, engine: sa.Engine, plan_id: str, cap: int | None = None, used: int | None = None):
+        """`used`: what the plan had spent when the task's opening transaction read it (`read_used`), the
+        figure of the first check; every later check reads the table again."""
         self.engine, self.plan_id = engine, plan_id
         self.cap = get_settings().max_tokens_per_workflow if cap is None else cap
+        self._prefetched = used
 
     def used(self) -> int:
         """Input + output tokens of the plan's non-cached LLM calls."""
+        if self._prefetched is not None:
+            used, self._prefetched = self._prefetched, None
+            return used
         with self.engine.connect() as conn:
-            return int(conn.execute(_USED, {"plan_id": self.plan_id}).scalar_one())
+            return read_used(conn, self.plan_id)
 
     def check(self, upcoming_tokens: int = 0) -> None:
         """Raise `BudgetExceeded` when `upcoming_tokens` more would take the plan over its cap (0 = none)."""
@@ -41,3 +47,8 @@ class WorkflowTokenBudget:
                 f"tokens and the next call may take up to {upcoming_tokens}; raise "
                 "AGENTFLOW_MAX_TOKENS_PER_WORKFLOW (0 = no cap) or shorten the inputs"
             )
+
+
+def read_used(conn: sa.Connection, plan_id: str) -> int:
+    """The plan's spent tokens, read on the caller's connection (inside its transaction)."""
+    return int(conn.execute(_USED, {"plan_id": plan_id}).scalar_one())

@@ -13,7 +13,7 @@ from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.workflows.loader import register_specs
 from agentflow_dagster.workflows.spec import InputError, SpecError, WorkflowSpec
 from ops import history
-from ops.factory import ACTOR, make_task_op
+from ops.factory import ACTOR, make_task_op, request_carrier
 
 RESULT_OP = "workflow_result"
 # Workflow outputs above this size are stored in the artifacts bucket; the row keeps the reference.
@@ -90,10 +90,6 @@ def make_request_op(spec: WorkflowSpec) -> dg.OpDefinition:
                 f"but this job runs {spec.name} {spec.version}",
                 allow_retries=False,
             )
-        try:
-            register_specs(pg.engine, [spec])
-        except SpecError as exc:
-            raise dg.Failure(str(exc), allow_retries=False) from exc
         raw = dict(config.inputs)
         if config.inputs_ref:
             bucket, key = split_ref(config.inputs_ref)
@@ -116,19 +112,30 @@ def make_request_op(spec: WorkflowSpec) -> dg.OpDefinition:
             spec.name, config.plan_id, parent=config.traceparent, gen_ai__workflow__version=spec.version
         ):
             request["traceparent"] = tracing.inject_traceparent() or config.traceparent
-        history.upsert_workflow_running(pg.engine, request, context.run_id)
+        rejected: InputError | None = None
         try:
             request["inputs"] = spec.validate_inputs(raw)
         except InputError as exc:
-            history.finish_workflow(pg.engine, config.plan_id, "failed", error=str(exc))
-            pg.audit(
-                ACTOR, "workflow.rejected", config.plan_id, spec.name, error=str(exc), run_id=context.run_id
-            )
-            raise dg.Failure(str(exc), allow_retries=False) from exc
-        pg.audit(
-            ACTOR, "workflow.running", config.plan_id, spec.name, version=spec.version, run_id=context.run_id,
-            event_id=config.event_id, tenant=config.tenant,
+            rejected = exc
+        audit = history.AuditRow(
+            ACTOR, "workflow.rejected" if rejected else "workflow.running", config.plan_id, spec.name,
+            {"error": str(rejected), "run_id": context.run_id} if rejected else {
+                "version": spec.version, "run_id": context.run_id, "event_id": config.event_id,
+                "tenant": config.tenant,
+            },
         )  # fmt: skip
+        # The spec's definition row, the plan's row and its audit entry: one commit (a spec recorded
+        # under this version with another hash rolls it all back).
+        try:
+            with pg.engine.begin() as conn:
+                register_specs(conn, [spec])
+                history.upsert_workflow_running(conn, request, context.run_id, audit=audit)
+                if rejected is not None:
+                    history.finish_workflow(conn, config.plan_id, "failed", error=str(rejected))
+        except SpecError as exc:
+            raise dg.Failure(str(exc), allow_retries=False) from exc
+        if rejected is not None:
+            raise dg.Failure(str(rejected), allow_retries=False) from rejected
         context.add_output_metadata(
             {"plan_id": config.plan_id, "workflow": spec.name, "version": spec.version}
         )
@@ -141,11 +148,12 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
     """Terminal op: the result tasks' outputs become the workflow's output; the run is marked succeeded."""
     sinks = spec.result_tasks()
     fanned = spec.fanned_tasks()
-    ins: dict[str, dg.In] = {"request": dg.In(dict)}
+    carrier = request_carrier(spec, sinks)
+    ins: dict[str, dg.In] = {} if carrier else {"request": dg.In(dict)}
     ins.update({s: dg.In(list if s in fanned else dict) for s in sinks})
 
     def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Any:
-        request = inputs["request"]
+        request = inputs[carrier]["request"] if carrier else inputs["request"]
         pg = context.resources.postgres
         results = {s: inputs[s] for s in sinks}
 
@@ -168,15 +176,17 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
             store.ensure_bucket(BUCKET_ARTIFACTS)
             store.put(BUCKET_ARTIFACTS, key, blob.encode(), "application/json")
             stored = {"output_ref": f"s3://{BUCKET_ARTIFACTS}/{key}", "providers": output["providers"]}
-        history.finish_workflow(pg.engine, request["plan_id"], "succeeded", output=stored)
-        pg.audit(ACTOR, "workflow.succeeded", request["plan_id"], spec.name, run_id=context.run_id)
+        # The plan's row, its audit entry and the totals for the metadata: one transaction.
+        with pg.engine.begin() as conn:
+            history.finish_workflow(
+                conn, request["plan_id"], "succeeded", output=stored, audit=history.AuditRow(
+                    ACTOR, "workflow.succeeded", request["plan_id"], spec.name, {"run_id": context.run_id}
+                ),
+            )  # fmt: skip
+            totals = llm_records.workflow_llm_totals(conn, request["plan_id"])
         yield dg.Output(
             output,
-            metadata={
-                "providers": ", ".join(output["providers"]),
-                "offline": output["offline"],
-                **llm_records.workflow_llm_totals(pg.engine, request["plan_id"]),
-            },
+            metadata={"providers": ", ".join(output["providers"]), "offline": output["offline"], **totals},
         )
 
     return dg.OpDefinition(
@@ -202,7 +212,9 @@ def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -
         for task_id in spec.topological_order():
             task = spec.task(task_id)
             op_def = task_ops[task_id]
-            kwargs = {"request": req, **{dep: results[dep] for dep in task.depends_on}}
+            kwargs = {dep: results[dep] for dep in task.depends_on}
+            if "request" in op_def.input_dict:
+                kwargs["request"] = req
             if task.fan_out is not None:
                 dynamic = getattr(handles[task.fan_out.source_task], f"fan_{task_id}")
                 node = op_def.alias(task_id)
@@ -212,7 +224,10 @@ def build_workflow_job(spec: WorkflowSpec, retriever_keys: Sequence[str] = ()) -
             handle = op_def.alias(task_id)(**kwargs)
             handles[task_id] = handle
             results[task_id] = handle.result if len(op_def.output_defs) > 1 else handle
-        result_op.alias(RESULT_OP)(request=req, **{s: results[s] for s in spec.result_tasks()})
+        sinks = {s: results[s] for s in spec.result_tasks()}
+        if "request" in result_op.input_dict:
+            sinks["request"] = req
+        result_op.alias(RESULT_OP)(**sinks)
 
     return dg.job(
         name=spec.name,

@@ -16,6 +16,7 @@ from agentflow_dagster.agents.tools import Retriever
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
 from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.project import current_project
+from agentflow_dagster.settings import get_settings
 from agentflow_dagster.tools.executor import (
     ApprovalRequest,
     ApprovalState,
@@ -27,7 +28,7 @@ from agentflow_dagster.tools.executor import (
 )
 from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
 from ops import approvals, history
-from ops.budget import WorkflowTokenBudget
+from ops.budget import WorkflowTokenBudget, read_used
 from ops.idempotency import TaskLock, TaskOutputStore, input_digest, lock_key, wait_for_lock
 from ops.retry import is_last_attempt, retry_policy_for
 
@@ -72,6 +73,17 @@ def retriever_from(resources: Any, keys: Sequence[str]) -> Retriever | None:
     return RagRetriever(embeddings.embedder, vector_store.store)
 
 
+def request_carrier(spec: WorkflowSpec, deps: Sequence[str]) -> str | None:
+    """The dependency whose result carries the workflow request to an op (None: the op takes the
+    `request` op's output as an input of its own).
+
+    Every task result carries the request, so an op with a dependency that is not fanned out (a fanned
+    one may collect no results at all) needs no `request` input: two Dagster events (input loaded,
+    input checked) fewer for each such op of every run (docs/performance.md)."""
+    fanned = spec.fanned_tasks()
+    return next((d for d in deps if d not in fanned), None)
+
+
 def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:
     """Tasks that fan out over a list field of `task`'s output."""
     return [t for t in spec.tasks if t.fan_out is not None and t.fan_out.source_task == task.task_id]
@@ -81,10 +93,15 @@ class _TaskExecution:
     """State of one op attempt: resources, keys and the history rows it writes."""
 
     def __init__(
-        self, context: dg.OpExecutionContext, spec: WorkflowSpec, task: TaskSpec, inputs: dict[str, Any]
+        self,
+        context: dg.OpExecutionContext,
+        spec: WorkflowSpec,
+        task: TaskSpec,
+        inputs: dict[str, Any],
+        carrier: str | None = None,
     ):
         self.context, self.spec, self.task = context, spec, task
-        self.request: dict[str, Any] = inputs["request"]
+        self.request: dict[str, Any] = inputs[carrier]["request"] if carrier else inputs["request"]
         self.plan_id: str = self.request["plan_id"]
         mapping_key = context.get_mapping_key()
         self.task_key = f"{task.task_id}[{mapping_key}]" if mapping_key else task.task_id
@@ -116,6 +133,8 @@ class _TaskExecution:
             }
         )
         self.store = TaskOutputStore(self.pg.engine, context.resources.object_store.store)
+        # Every llm_calls row this attempt writes (primary and fallback agent), summed as it is written.
+        self.llm_totals = llm_records.CallTotals()
 
     def audit(self, action: str, **detail: Any) -> None:
         self.pg.audit(ACTOR, action, self.plan_id, self.task_key, run_id=self.context.run_id, **detail)
@@ -131,9 +150,15 @@ class _TaskExecution:
         self.audit("workflow.failed", error=error)
 
     def run_role(
-        self, role: AgentRole, retriever: Retriever | None, fallback_used: bool, row: int | None = None
+        self,
+        role: AgentRole,
+        retriever: Retriever | None,
+        fallback_used: bool,
+        row: int | None = None,
+        used: int | None = None,
     ) -> dict[str, Any]:
-        """Run one agent once, recorded as one `task_runs` row (`row`: opened already); returns the result."""
+        """Run one agent once, recorded as one `task_runs` row (`row`: opened already, and `used`: the
+        plan's spent tokens read in that transaction); returns the result."""
         engine = self.pg.engine
         if row is None:
             row = history.start_task_run(
@@ -146,7 +171,7 @@ class _TaskExecution:
             store=self.context.resources.object_store.store, trace_id=self.request.get("trace_id"),
             schema=output_schema(role.output),
             question=llm_records.question_of(self.inputs, self.retrieval[0] if self.retrieval else None),
-            context=getattr(retriever, "context", llm_records.ContextSource()),
+            context=getattr(retriever, "context", llm_records.ContextSource()), totals=self.llm_totals,
         )  # fmt: skip
         try:
             run = run_agent(
@@ -158,7 +183,7 @@ class _TaskExecution:
                 retrieval_request=self.retrieval,
                 recorder=recorder,
                 deadline=time.monotonic() + self.task.timeout_s,
-                budget=WorkflowTokenBudget(engine, self.plan_id),
+                budget=WorkflowTokenBudget(engine, self.plan_id, used=used),
                 tools=self.tool_executor(role),
             )
         except ToolApprovalPending as exc:
@@ -216,10 +241,12 @@ class _TaskExecution:
         )  # fmt: skip
         return "waiting", f"approve with: agentflow approve {self.plan_id} '{gate_id}'"
 
-    def run_with_fallback(self, retriever: Retriever | None, row: int | None = None) -> dict[str, Any]:
+    def run_with_fallback(
+        self, retriever: Retriever | None, row: int | None = None, used: int | None = None
+    ) -> dict[str, Any]:
         """The primary agent; on its last attempt (or a non-retryable error) the fallback agent instead."""
         try:
-            return self.run_role(get_agent(self.task.agent), retriever, False, row)
+            return self.run_role(get_agent(self.task.agent), retriever, False, row, used)
         except AgentError as exc:
             give_up = is_last_attempt(self.context.retry_number, self.task.retry) or not exc.retryable
             if not give_up:
@@ -298,7 +325,9 @@ class _TaskExecution:
                     conn, self.plan_id, self.task_key, self.task.agent, self.context.run_id, self.attempt,
                     audit=self.audit_row("task.started", agent=self.task.agent, attempt=self.attempt),
                 )  # fmt: skip
-            return self.run_with_fallback(retriever, row), False
+                # The token budget's first check reads this (no connection of its own before the first call).
+                used = read_used(conn, self.plan_id) if get_settings().max_tokens_per_workflow > 0 else None
+            return self.run_with_fallback(retriever, row, used), False
         finally:
             if lock is not None:
                 with contextlib.suppress(redis_lib.RedisError):
@@ -333,6 +362,13 @@ class _TaskExecution:
             )
         return lock
 
+    def llm_totals_of_run(self) -> dict[str, Any]:
+        """The task's llm_calls totals in this run. A first attempt wrote every such row itself (runs are
+        not resumed: `max_resume_run_attempts: 0`), so its own sums are the figures; a retry reads them."""
+        if self.context.retry_number == 0:
+            return self.llm_totals.as_metadata()
+        return llm_records.task_llm_totals(self.pg.engine, self.plan_id, self.task_key, self.context.run_id)
+
     def run_is_over(self, run_id: str) -> bool:
         """True when `run_id` (a lock owner) is a finished run of this instance: its worker is gone."""
         if run_id == self.context.run_id:
@@ -352,7 +388,8 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
     """The op for one task: named by task_id, inputs from depends_on, RetryPolicy from the spec."""
     targets = fan_targets(spec, task)
     fanned = spec.fanned_tasks()
-    ins: dict[str, dg.In] = {"request": dg.In(dict)}
+    carrier = request_carrier(spec, task.depends_on)
+    ins: dict[str, dg.In] = {} if carrier else {"request": dg.In(dict)}
     for dep in task.depends_on:
         ins[dep] = dg.In(list if dep in fanned else dict, description=f"result of task {dep}")
     if task.fan_out is not None:
@@ -371,7 +408,7 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
     resource_keys = set(BASE_RESOURCES) | set(keys)
 
     def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Iterator[Any]:
-        execution = _TaskExecution(context, spec, task, inputs)
+        execution = _TaskExecution(context, spec, task, inputs, carrier)
         if not execution.pass_gate():
             return
         retriever = retriever_from(context.resources, keys)
@@ -406,15 +443,14 @@ def make_task_op(spec: WorkflowSpec, task: TaskSpec, retriever_keys: Sequence[st
             "cost_usd": 0.0 if reused else float(usage.get("cost_usd", 0.0)),
             "latency_ms": 0.0 if reused else float(usage.get("latency_ms", 0.0)),
             # From llm_calls: every attempt of this run (failed ones too) and the mean evaluation scores.
-            **llm_records.task_llm_totals(
-                execution.pg.engine, execution.plan_id, execution.task_key, context.run_id
-            ),
+            **execution.llm_totals_of_run(),
         }
         if result["offline"]:
             context.log.info(
                 f"{execution.task_key}: answered by the offline-extractive provider (no LLM endpoint)"
             )
-        yield dg.Output(result, "result", metadata=metadata)
+        # The request travels on in the result (not in the stored task output): see `request_carrier`.
+        yield dg.Output({**result, "request": execution.request}, "result", metadata=metadata)
         for target in targets:
             assert target.fan_out is not None
             items = result["output"].get(target.fan_out.source_field) or []

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-
-@contextlib.contextmanager
-def transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
-    """A new transaction on an engine, or the caller's own on a connection (several writes, one commit)."""
-    if isinstance(bind, sa.Connection):
-        yield bind
-        return
-    with bind.begin() as conn:
-        yield conn
+from agentflow_dagster.db import transaction
 
 
-def upsert_workflow_running(engine: sa.Engine, request: dict[str, Any], run_id: str) -> None:
-    """Insert or re-open the plan's row as running and remember this Dagster run id."""
-    with engine.begin() as conn:
+def upsert_workflow_running(
+    bind: sa.Engine | sa.Connection, request: dict[str, Any], run_id: str, audit: AuditRow | None = None
+) -> None:
+    """Insert or re-open the plan's row as running and remember this Dagster run id (and write `audit`)."""
+    with transaction(bind) as conn:
+        if audit is not None:
+            audit.insert(conn)
         conn.execute(
             sa.text(
                 "INSERT INTO workflow_runs (plan_id, event_id, workflow, version, tenant, status, trace_id, "
@@ -52,14 +46,17 @@ def upsert_workflow_running(engine: sa.Engine, request: dict[str, Any], run_id: 
 
 
 def finish_workflow(
-    engine: sa.Engine,
+    bind: sa.Engine | sa.Connection,
     plan_id: str,
     status: str,
     output: dict[str, Any] | None = None,
     error: str | None = None,
+    audit: AuditRow | None = None,
 ) -> None:
-    """Set the final status (succeeded or failed) with the output or the error."""
-    with engine.begin() as conn:
+    """Set the final status (succeeded or failed) with the output or the error (and write `audit`)."""
+    with transaction(bind) as conn:
+        if audit is not None:
+            audit.insert(conn)
         conn.execute(
             sa.text(
                 "UPDATE workflow_runs SET status = :s, output = CAST(:o AS jsonb), error = :e, "

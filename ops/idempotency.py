@@ -12,8 +12,8 @@ from typing import Any
 import redis as redis_lib
 import sqlalchemy as sa
 
+from agentflow_dagster.db import transaction
 from agentflow_dagster.names import BUCKET_ARTIFACTS
-from ops.history import transaction
 from resources.object_store import ObjectStore
 
 # Outputs above this size go to the object store; the row keeps only the reference.

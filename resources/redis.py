@@ -7,14 +7,20 @@ import redis as redis_lib
 from pydantic import PrivateAttr
 from redis.driver_info import DriverInfo
 
+from agentflow_dagster.per_process import PerProcess
+
 # redis-py reads its own version from the package metadata for every new connection (~1-3 ms of CPU
 # each, in every run worker's first task); resolved once per process instead, before the forkserver
 # forks its workers.
 DRIVER_INFO = DriverInfo()
+# One client (and its connection pool) per process and address, as for the Postgres engines: Dagster
+# builds the resource for every run and sensor tick, and a client per build connected anew each time.
+_CLIENTS: PerProcess[redis_lib.Redis] = PerProcess()
 
 
 class RedisResource(dg.ConfigurableResource):
-    """A `redis.Redis` client built in `setup_for_execution` and closed after."""
+    """A `redis.Redis` client shared by every build of this resource in the process (`build` makes a
+    client of its own, for a caller that closes it)."""
 
     url: str = "redis://127.0.0.1:6379/0"
     socket_timeout: float = 2.0
@@ -30,15 +36,17 @@ class RedisResource(dg.ConfigurableResource):
         )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = self.build()
+        self._client = self.shared()
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def shared(self) -> redis_lib.Redis:
+        return _CLIENTS.get((self.url, self.socket_timeout), self.build)
+
+    def warm(self) -> None:
+        """Open a pooled connection of the shared client now (a standby run worker, before its run)."""
+        self.shared().ping()
 
     @property
     def client(self) -> redis_lib.Redis:
         if self._client is None:
-            self._client = self.build()
+            self._client = self.shared()
         return self._client

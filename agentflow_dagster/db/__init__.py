@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +24,16 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg2://" + url[len(prefix) :]
     raise ValueError(f"not a PostgreSQL URL: {url!r} (expected postgresql://user@host:port/db)")
+
+
+@contextlib.contextmanager
+def transaction(bind: sa.Engine | sa.Connection) -> Iterator[sa.Connection]:
+    """A new transaction on an engine, or the caller's own on a connection (several writes, one commit)."""
+    if isinstance(bind, sa.Connection):
+        yield bind
+        return
+    with bind.begin() as conn:
+        yield conn
 
 
 def make_engine(url: str, **kwargs: object) -> sa.Engine:

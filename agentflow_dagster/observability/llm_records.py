@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -172,6 +174,72 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
+def _cost(value: float | None) -> Decimal:
+    """A cost as the `llm_calls.cost_usd` column (numeric(14, 6)) stores it."""
+    return Decimal(repr(float(value or 0.0))).quantize(Decimal("0.000001"), rounding=ROUND_HALF_UP)
+
+
+def _totals_dict(
+    calls: int, tin: int, tout: int, cost: float, latency: float, errors: int, means: dict[str, Any]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "llm_calls": int(calls),
+        "llm_errors": int(errors),
+        "llm_input_tokens": int(tin),
+        "llm_output_tokens": int(tout),
+        "llm_cost_usd": float(cost),
+        "llm_latency_ms": round(float(latency), 1),
+    }
+    for name, value in means.items():
+        if value is not None:
+            out[name] = round(float(value), 4)
+    return out
+
+
+@dataclass
+class CallTotals:
+    """`task_llm_totals` kept in memory over the rows one or more recorders wrote (the same figures)."""
+
+    calls: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    latency_ms: float = 0.0
+    groundedness: list[float] = field(default_factory=list)
+    relevance: list[float] = field(default_factory=list)
+    schema_valid: list[float] = field(default_factory=list)
+
+    def add(self, attempt: CallAttempt, evaluation: dict[str, Any] | None) -> None:
+        self.calls += 1
+        self.errors += attempt.error is not None
+        self.input_tokens += attempt.input_tokens or 0
+        self.output_tokens += attempt.output_tokens or 0
+        self.cost += _cost(attempt.cost_usd)
+        self.latency_ms += attempt.latency_ms or 0.0
+        ev = evaluation or {}
+        for name, values in (("groundedness", self.groundedness), ("answer_relevance", self.relevance)):
+            if ev.get(name) is not None:
+                values.append(float(ev[name]))
+        if ev.get("schema_valid") is not None:
+            self.schema_valid.append(1.0 if ev["schema_valid"] else 0.0)
+
+    def as_metadata(self) -> dict[str, Any]:
+        """What `task_llm_totals` returns for the same rows."""
+
+        def mean(values: list[float]) -> float | None:
+            return sum(values) / len(values) if values else None
+
+        return _totals_dict(
+            self.calls, self.input_tokens, self.output_tokens, float(self.cost), self.latency_ms,
+            self.errors, {
+                "eval_groundedness": mean(self.groundedness),
+                "eval_answer_relevance": mean(self.relevance),
+                "eval_schema_valid_rate": mean(self.schema_valid),
+            },
+        )  # fmt: skip
+
+
 @dataclass
 class ObservedCallRecorder:
     """Recorder for one task execution: span, redaction, large content by reference, evaluation, row."""
@@ -190,6 +258,8 @@ class ObservedCallRecorder:
     redactor: Redactor | None = None
     cache_hit: bool = False
     rows: list[int] = field(default_factory=list)
+    # What the rows hold that `task_llm_totals` reads (shared by a task's recorders: no query for them).
+    totals: CallTotals = field(default_factory=CallTotals)
 
     def __post_init__(self) -> None:
         if self.redactor is None:
@@ -278,6 +348,7 @@ class ObservedCallRecorder:
                 },
             ).scalar_one()
         self.rows.append(int(row))
+        self.totals.add(attempt, evaluation)
 
 
 def question_of(inputs: dict[str, Any], retrieval_query: str | None) -> str:
@@ -307,27 +378,17 @@ def task_llm_totals(engine: sa.Engine, plan_id: str, task_id: str, run_id: str) 
             {"p": plan_id, "t": task_id, "r": run_id},
         ).one()
     calls, tin, tout, cost, latency, errors, ground, relevance, valid = row
-    out: dict[str, Any] = {
-        "llm_calls": int(calls),
-        "llm_errors": int(errors),
-        "llm_input_tokens": int(tin),
-        "llm_output_tokens": int(tout),
-        "llm_cost_usd": float(cost),
-        "llm_latency_ms": round(float(latency), 1),
-    }
-    for name, value in (
-        ("eval_groundedness", ground),
-        ("eval_answer_relevance", relevance),
-        ("eval_schema_valid_rate", valid),
-    ):
-        if value is not None:
-            out[name] = round(float(value), 4)
-    return out
+    return _totals_dict(
+        calls, tin, tout, cost, latency, errors, {
+            "eval_groundedness": ground, "eval_answer_relevance": relevance, "eval_schema_valid_rate": valid,
+        },
+    )  # fmt: skip
 
 
-def workflow_llm_totals(engine: sa.Engine, plan_id: str) -> dict[str, Any]:
+def workflow_llm_totals(bind: sa.Engine | sa.Connection, plan_id: str) -> dict[str, Any]:
     """The plan's LLM totals over all runs and attempts, with the mean evaluation (result op metadata)."""
-    with engine.connect() as conn:
+    with contextlib.ExitStack() as stack:
+        conn = bind if isinstance(bind, sa.Connection) else stack.enter_context(bind.connect())
         row = conn.execute(
             sa.text(
                 "SELECT llm_calls, llm_errors, input_tokens, output_tokens, cost_usd, latency_ms, "

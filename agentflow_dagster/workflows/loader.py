@@ -251,12 +251,18 @@ def load_specs(
     return specs
 
 
-def register_specs(engine: sa.Engine, specs: Iterable[WorkflowSpec]) -> list[tuple[str, str, str]]:
-    """Upsert (name, version, hash) rows; a changed spec under an already recorded version is an error."""
+def register_specs(
+    bind: sa.Engine | sa.Connection, specs: Iterable[WorkflowSpec]
+) -> list[tuple[str, str, str]]:
+    """Upsert (name, version, hash) rows; a changed spec under an already recorded version is an error.
+
+    On a connection the rows join the caller's transaction (a refusal then rolls back its writes too)."""
     import sqlalchemy as sa  # not at import: loading a project (status, submit) needs no database
 
+    from agentflow_dagster.db import transaction
+
     results: list[tuple[str, str, str]] = []
-    with engine.begin() as conn:
+    with transaction(bind) as conn:
         for spec in specs:
             params = {
                 "n": spec.name,

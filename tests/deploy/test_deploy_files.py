@@ -233,7 +233,15 @@ def test_dagster_docker_yaml_matches_repo_instance(tmp_path: Path, monkeypatch: 
 
     repo = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     docker = yaml.safe_load((DEPLOY / "dagster-docker.yaml").read_text())
-    for key in ("storage", "run_coordinator", "run_monitoring", "run_retries", "sensors", "schedules"):
+    for key in (
+        "storage",
+        "run_coordinator",
+        "run_monitoring",
+        "run_retries",
+        "sensors",
+        "schedules",
+        "python_logs",
+    ):
         assert docker[key] == repo[key], f"deploy/dagster-docker.yaml `{key}` drifted from dagster.yaml"
     shutil.copy(DEPLOY / "dagster-docker.yaml", tmp_path / "dagster.yaml")
     monkeypatch.setenv("AGENTFLOW_DAGSTER_POSTGRES_URL", "postgresql+psycopg2://u:p@db:5432/agentflow")

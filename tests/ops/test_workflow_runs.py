@@ -10,6 +10,7 @@ import sqlalchemy as sa
 import yaml
 
 from agentflow_dagster.names import BUCKET_ARTIFACTS
+from agentflow_dagster.observability import llm_records
 from agentflow_dagster.workflows.loader import load_spec_file, load_specs, register_specs
 from ops.compiler import build_workflow_jobs
 from resources.object_store import LocalObjectStore
@@ -230,3 +231,32 @@ def test_register_specs_is_idempotent_and_versions_are_immutable(engine: sa.Engi
         assert "needs a new version" in str(exc)
     else:
         raise AssertionError("a changed spec under the same version must be refused")
+
+
+def test_task_metadata_totals_match_the_llm_calls_rows(
+    workflow_resources: Resources, engine: sa.Engine, llm_server: LLMTestServer
+) -> None:
+    """A first attempt sums its own llm_calls rows in memory (no query): the op metadata must equal what
+    `task_llm_totals` reads from the table, failed HTTP attempts and a schema retry included; a retried
+    op (second Dagster attempt) reads the table."""
+    spec = SPECS["support_triage"]
+    # classify's first attempt: a 500, then an answer that fails the schema (a schema retry), then ok.
+    llm_server.script(script.server_error(500), script.bad_schema())
+    req = new_request(spec, INPUTS["support_triage"])
+    result = execute(JOBS[spec.name], spec, req, workflow_resources(llm=server_llm(llm_server)))
+    assert result.success
+    seen = {}
+    for event in result.all_events:
+        if event.event_type_value != "STEP_OUTPUT" or event.step_key in ("request", "workflow_result"):
+            continue
+        meta = {k: v.value for k, v in event.step_output_data.metadata.items()}
+        task_key = event.step_key
+        if meta["reused"]:
+            continue
+        stored = llm_records.task_llm_totals(engine, req.plan_id, task_key, result.run_id)
+        assert {k: meta.get(k) for k in stored} == stored, task_key
+        assert not any(k.startswith(("llm_", "eval_")) and k not in stored for k in meta), task_key
+        seen[task_key] = stored
+    assert seen["classify"]["llm_calls"] == 3 and seen["classify"]["llm_errors"] == 1
+    assert seen["classify"]["eval_schema_valid_rate"] == 0.5
+    assert sum(t["llm_calls"] for t in seen.values()) == llm_server.count()
