@@ -16,10 +16,9 @@ def upsert_workflow_running(
 ) -> None:
     """Insert or re-open the plan's row as running and remember this Dagster run id (and write `audit`)."""
     with transaction(bind) as conn:
-        if audit is not None:
-            audit.insert(conn)
         conn.execute(
-            sa.text(
+            *with_audit(
+                audit,
                 "INSERT INTO workflow_runs (plan_id, event_id, workflow, version, tenant, status, trace_id, "
                 "inputs, dagster_run_ids, submitted_at, started_at, updated_at) VALUES (:plan_id, :event_id, "
                 ":workflow, :version, :tenant, 'running', :trace_id, CAST(:inputs AS jsonb), "
@@ -29,19 +28,19 @@ def upsert_workflow_running(
                 "dagster_run_ids = CASE "
                 "WHEN workflow_runs.dagster_run_ids @> jsonb_build_array(CAST(:run_id AS text)) "
                 "THEN workflow_runs.dagster_run_ids "
-                "ELSE workflow_runs.dagster_run_ids || jsonb_build_array(CAST(:run_id AS text)) END"
-            ),
-            {
-                "plan_id": request["plan_id"],
-                "event_id": request["event_id"],
-                "workflow": request["workflow"],
-                "version": request["version"],
-                "tenant": request["tenant"],
-                "trace_id": request.get("trace_id"),
-                "inputs": json.dumps(request.get("inputs_record")),
-                "run_id": run_id,
-                "submitted_at": request.get("submitted_at"),
-            },
+                "ELSE workflow_runs.dagster_run_ids || jsonb_build_array(CAST(:run_id AS text)) END",
+                {
+                    "plan_id": request["plan_id"],
+                    "event_id": request["event_id"],
+                    "workflow": request["workflow"],
+                    "version": request["version"],
+                    "tenant": request["tenant"],
+                    "trace_id": request.get("trace_id"),
+                    "inputs": json.dumps(request.get("inputs_record")),
+                    "run_id": run_id,
+                    "submitted_at": request.get("submitted_at"),
+                },
+            )
         )
 
 
@@ -55,14 +54,18 @@ def finish_workflow(
 ) -> None:
     """Set the final status (succeeded or failed) with the output or the error (and write `audit`)."""
     with transaction(bind) as conn:
-        if audit is not None:
-            audit.insert(conn)
         conn.execute(
-            sa.text(
+            *with_audit(
+                audit,
                 "UPDATE workflow_runs SET status = :s, output = CAST(:o AS jsonb), error = :e, "
-                "finished_at = now(), updated_at = now() WHERE plan_id = :p"
-            ),
-            {"s": status, "o": json.dumps(output) if output is not None else None, "e": error, "p": plan_id},
+                "finished_at = now(), updated_at = now() WHERE plan_id = :p",
+                {
+                    "s": status,
+                    "o": json.dumps(output) if output is not None else None,
+                    "e": error,
+                    "p": plan_id,
+                },
+            )
         )
 
 
@@ -76,20 +79,32 @@ class AuditRow:
     subject: str
     detail: dict[str, Any]
 
+    def params(self) -> dict[str, Any]:
+        return {
+            "audit_plan": self.plan_id,
+            "audit_actor": self.actor,
+            "audit_action": self.action,
+            "audit_subject": self.subject,
+            "audit_detail": json.dumps(self.detail, default=str),
+        }
+
     def insert(self, conn: sa.Connection) -> None:
-        conn.execute(
-            sa.text(
-                "INSERT INTO audit_log (plan_id, actor, action, subject, detail) "
-                "VALUES (:p, :a, :act, :s, CAST(:d AS jsonb))"
-            ),
-            {
-                "p": self.plan_id,
-                "a": self.actor,
-                "act": self.action,
-                "s": self.subject,
-                "d": json.dumps(self.detail, default=str),
-            },
-        )
+        conn.execute(sa.text(_AUDIT_INSERT), self.params())
+
+
+_AUDIT_INSERT = (
+    "INSERT INTO audit_log (plan_id, actor, action, subject, detail) "
+    "VALUES (:audit_plan, :audit_actor, :audit_action, :audit_subject, CAST(:audit_detail AS jsonb))"
+)
+
+
+def with_audit(
+    audit: AuditRow | None, sql: str, params: dict[str, Any]
+) -> tuple[sa.TextClause, dict[str, Any]]:
+    """`sql` with `audit`'s row inserted by the same statement (a data-modifying WITH): one round trip."""
+    if audit is None:
+        return sa.text(sql), params
+    return sa.text(f"WITH audit_entry AS ({_AUDIT_INSERT}) {sql}"), {**params, **audit.params()}
 
 
 def start_task_run(
@@ -107,28 +122,22 @@ def start_task_run(
 
     `reused`: the attempt reused a stored output, so its row is written finished (succeeded) at once.
     """
+    statement = with_audit(
+        audit,
+        "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status, reused, finished_at) "
+        "VALUES (:p, :t, :a, :r, :n, :s, :reused, CASE WHEN :reused THEN now() END) RETURNING id",
+        {
+            "p": plan_id,
+            "t": task_key,
+            "a": agent,
+            "r": run_id,
+            "n": attempt,
+            "s": "succeeded" if reused else "running",
+            "reused": reused,
+        },
+    )
     with transaction(bind) as conn:
-        row_id = int(
-            conn.execute(
-                sa.text(
-                    "INSERT INTO task_runs (plan_id, task_id, agent, run_id, attempt, status, reused, "
-                    "finished_at) VALUES (:p, :t, :a, :r, :n, :s, :reused, "
-                    "CASE WHEN :reused THEN now() END) RETURNING id"
-                ),
-                {
-                    "p": plan_id,
-                    "t": task_key,
-                    "a": agent,
-                    "r": run_id,
-                    "n": attempt,
-                    "s": "succeeded" if reused else "running",
-                    "reused": reused,
-                },
-            ).scalar_one()
-        )
-        if audit is not None:
-            audit.insert(conn)
-        return row_id
+        return int(conn.execute(*statement).scalar_one())
 
 
 def finish_task_run(
@@ -144,21 +153,19 @@ def finish_task_run(
     audit: AuditRow | None = None,
 ) -> None:
     """Close an attempt's row with its status, error, tokens and cost (and its audit entry, if given)."""
+    statement = with_audit(
+        audit,
+        "UPDATE task_runs SET status = :s, error = :e, input_tokens = :i, output_tokens = :o, "
+        "cost_usd = :c, reused = :reused, finished_at = now() WHERE id = :id",
+        {
+            "s": status,
+            "e": error,
+            "i": input_tokens,
+            "o": output_tokens,
+            "c": cost_usd,
+            "reused": reused,
+            "id": row_id,
+        },
+    )
     with transaction(bind) as conn:
-        if audit is not None:
-            audit.insert(conn)
-        conn.execute(
-            sa.text(
-                "UPDATE task_runs SET status = :s, error = :e, input_tokens = :i, output_tokens = :o, "
-                "cost_usd = :c, reused = :reused, finished_at = now() WHERE id = :id"
-            ),
-            {
-                "s": status,
-                "e": error,
-                "i": input_tokens,
-                "o": output_tokens,
-                "c": cost_usd,
-                "reused": reused,
-                "id": row_id,
-            },
-        )
+        conn.execute(*statement)

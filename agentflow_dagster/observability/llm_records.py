@@ -30,6 +30,8 @@ _INSERT = sa.text(
     "CAST(:evaluation AS jsonb), :content_mode, CAST(:redactions AS jsonb))"
 )
 
+_INSERT_RETURNING_ID = sa.text(_INSERT.text + " RETURNING id")
+
 
 @dataclass
 class ContextSource:
@@ -319,7 +321,7 @@ class ObservedCallRecorder:
         response_ref = self._offload("response.txt", response.encode(), span_id) if response else None
         with self.engine.begin() as conn:
             row = conn.execute(
-                sa.text(_INSERT.text + " RETURNING id"),
+                _INSERT_RETURNING_ID,
                 {
                     "plan_id": self.plan_id,
                     "task_id": self.task_id,
