@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -103,8 +104,14 @@ def with_audit(
 ) -> tuple[sa.TextClause, dict[str, Any]]:
     """`sql` with `audit`'s row inserted by the same statement (a data-modifying WITH): one round trip."""
     if audit is None:
-        return sa.text(sql), params
-    return sa.text(f"WITH audit_entry AS ({_AUDIT_INSERT}) {sql}"), {**params, **audit.params()}
+        return _text(sql), params
+    return _text(f"WITH audit_entry AS ({_AUDIT_INSERT}) {sql}"), {**params, **audit.params()}
+
+
+@functools.lru_cache(maxsize=64)
+def _text(sql: str) -> sa.TextClause:
+    """A statement built once per process (`sa.text` parses the bind parameters of the string)."""
+    return sa.text(sql)
 
 
 def start_task_run(

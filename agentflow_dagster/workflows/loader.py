@@ -264,6 +264,15 @@ def register_specs(
     results: list[tuple[str, str, str]] = []
     with transaction(bind) as conn:
         for spec in specs:
+            # Recorded already (every run after the first): one read, and no spec serialised.
+            existing = conn.execute(
+                sa.text("SELECT spec_hash FROM workflow_definitions WHERE name = :n AND version = :v"),
+                {"n": spec.name, "v": spec.version},
+            ).scalar_one_or_none()
+            if existing is not None:
+                _check_recorded_hash(spec, existing)
+                results.append((spec.name, spec.version, "unchanged"))
+                continue
             params = {
                 "n": spec.name,
                 "v": spec.version,
@@ -283,16 +292,20 @@ def register_specs(
             if inserted:
                 results.append((spec.name, spec.version, "registered"))
                 continue
-            existing = conn.execute(
+            existing = conn.execute(  # another process recorded it meanwhile
                 sa.text("SELECT spec_hash FROM workflow_definitions WHERE name = :n AND version = :v"), params
             ).scalar_one()
-            if existing != spec.spec_hash:
-                raise SpecError(
-                    spec.source_file,
-                    None,
-                    "version",
-                    f"{spec.name} {spec.version} is already recorded with another hash ({existing[:12]}); "
-                    "a changed spec needs a new version",
-                )
+            _check_recorded_hash(spec, existing)
             results.append((spec.name, spec.version, "unchanged"))
     return results
+
+
+def _check_recorded_hash(spec: WorkflowSpec, recorded: str) -> None:
+    if recorded != spec.spec_hash:
+        raise SpecError(
+            spec.source_file,
+            None,
+            "version",
+            f"{spec.name} {spec.version} is already recorded with another hash ({recorded[:12]}); "
+            "a changed spec needs a new version",
+        )
