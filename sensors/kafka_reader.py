@@ -65,6 +65,9 @@ class ReaderConfig:
     max_records: int = 500
     on_reset: ResetPolicy = "reset_to_earliest"
     poll_timeout_ms: int = 100
+    # The poll that only confirms the end of partitions that delivered since their seek (their fetch is
+    # running, see `_idle`): a handled event's tick ends this much after it, not a whole poll timeout.
+    confirm_poll_ms: int = 20
     # A partition is caught up only after this many polls and this much time without records since its
     # last record or seek: the first poll after a seek often returns nothing while the fetch is in flight.
     idle_polls: int = 3
@@ -234,7 +237,9 @@ class KafkaTopicReader:
             else:
                 result.caught_up = False
             try:
-                batch = consumer.poll(timeout_ms=cfg.poll_timeout_ms, max_records=min(budget, 500))
+                confirming = bool(waiting) and all(p.live for p in waiting)
+                timeout_ms = cfg.confirm_poll_ms if confirming else cfg.poll_timeout_ms
+                batch = consumer.poll(timeout_ms=timeout_ms, max_records=min(budget, 500))
             except OffsetOutOfRangeError as exc:
                 # The broker itself says the position is outside the log: confirmed, no second look needed.
                 for tp, offset in dict(exc.args[0]).items():
