@@ -25,7 +25,7 @@ class WorkflowTokenBudget:
         """`used`: what the plan had spent when the task's opening transaction read it (`read_used`), the
         figure of the first check; every later check reads the table again."""
         self.engine, self.plan_id = engine, plan_id
-        self.cap = get_settings().max_tokens_per_workflow if cap is None else cap
+        self.cap = _cap(cap)
         self._prefetched = used
 
     def used(self) -> int:
@@ -49,6 +49,17 @@ class WorkflowTokenBudget:
             )
 
 
+def _cap(cap: int | None) -> int:
+    """The token cap per workflow: `cap`, else AGENTFLOW_MAX_TOKENS_PER_WORKFLOW (0 = no cap)."""
+    return get_settings().max_tokens_per_workflow if cap is None else cap
+
+
 def read_used(conn: sa.Connection, plan_id: str) -> int:
     """The plan's spent tokens, read on the caller's connection (inside its transaction)."""
     return int(conn.execute(_USED, {"plan_id": plan_id}).scalar_one())
+
+
+def read_used_if_capped(conn: sa.Connection, plan_id: str, cap: int | None = None) -> int | None:
+    """`read_used` for a budget's first check (`WorkflowTokenBudget(used=...)`); None when there is no
+    cap, as such a budget never reads it."""
+    return read_used(conn, plan_id) if _cap(cap) > 0 else None

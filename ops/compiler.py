@@ -13,7 +13,7 @@ from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.workflows.loader import register_specs
 from agentflow_dagster.workflows.spec import InputError, SpecError, WorkflowSpec
 from ops import history
-from ops.factory import ACTOR, make_task_op, request_carrier
+from ops.factory import ACTOR, carried_request, make_task_op, request_carrier
 
 RESULT_OP = "workflow_result"
 # Workflow outputs above this size are stored in the artifacts bucket; the row keeps the reference.
@@ -153,7 +153,7 @@ def make_result_op(spec: WorkflowSpec) -> dg.OpDefinition:
     ins.update({s: dg.In(list if s in fanned else dict) for s in sinks})
 
     def compute(context: dg.OpExecutionContext, inputs: dict[str, Any]) -> Any:
-        request = inputs[carrier]["request"] if carrier else inputs["request"]
+        request = carried_request(inputs, carrier)
         pg = context.resources.postgres
         results = {s: inputs[s] for s in sinks}
 

@@ -16,7 +16,6 @@ from agentflow_dagster.agents.tools import Retriever
 from agentflow_dagster.llm.types import OFFLINE_PROVIDER
 from agentflow_dagster.observability import llm_records, tracing
 from agentflow_dagster.project import current_project
-from agentflow_dagster.settings import get_settings
 from agentflow_dagster.tools.executor import (
     ApprovalRequest,
     ApprovalState,
@@ -28,7 +27,7 @@ from agentflow_dagster.tools.executor import (
 )
 from agentflow_dagster.workflows.spec import REF_RE, TaskSpec, WorkflowSpec
 from ops import approvals, history
-from ops.budget import WorkflowTokenBudget, read_used
+from ops.budget import WorkflowTokenBudget, read_used_if_capped
 from ops.idempotency import TaskLock, TaskOutputStore, input_digest, lock_key, wait_for_lock
 from ops.retry import is_last_attempt, retry_policy_for
 
@@ -84,6 +83,12 @@ def request_carrier(spec: WorkflowSpec, deps: Sequence[str]) -> str | None:
     return next((d for d in deps if d not in fanned), None)
 
 
+def carried_request(inputs: dict[str, Any], carrier: str | None) -> dict[str, Any]:
+    """The workflow request an op got: in its carrier dependency's result, else as its own input."""
+    request: dict[str, Any] = inputs[carrier]["request"] if carrier else inputs["request"]
+    return request
+
+
 def fan_targets(spec: WorkflowSpec, task: TaskSpec) -> list[TaskSpec]:
     """Tasks that fan out over a list field of `task`'s output."""
     return [t for t in spec.tasks if t.fan_out is not None and t.fan_out.source_task == task.task_id]
@@ -101,7 +106,7 @@ class _TaskExecution:
         carrier: str | None = None,
     ):
         self.context, self.spec, self.task = context, spec, task
-        self.request: dict[str, Any] = inputs[carrier]["request"] if carrier else inputs["request"]
+        self.request = carried_request(inputs, carrier)
         self.plan_id: str = self.request["plan_id"]
         mapping_key = context.get_mapping_key()
         self.task_key = f"{task.task_id}[{mapping_key}]" if mapping_key else task.task_id
@@ -326,7 +331,7 @@ class _TaskExecution:
                     audit=self.audit_row("task.started", agent=self.task.agent, attempt=self.attempt),
                 )  # fmt: skip
                 # The token budget's first check reads this (no connection of its own before the first call).
-                used = read_used(conn, self.plan_id) if get_settings().max_tokens_per_workflow > 0 else None
+                used = read_used_if_capped(conn, self.plan_id)
             return self.run_with_fallback(retriever, row, used), False
         finally:
             if lock is not None:

@@ -90,7 +90,7 @@ class AuditRow:
         }
 
     def insert(self, conn: sa.Connection) -> None:
-        conn.execute(sa.text(_AUDIT_INSERT), self.params())
+        conn.execute(_text(_AUDIT_INSERT), self.params())
 
 
 _AUDIT_INSERT = (

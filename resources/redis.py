@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dagster as dg
 import redis as redis_lib
-from pydantic import PrivateAttr
 from redis.driver_info import DriverInfo
 
 from agentflow_dagster.per_process import PerProcess
@@ -25,8 +24,6 @@ class RedisResource(dg.ConfigurableResource):
     url: str = "redis://127.0.0.1:6379/0"
     socket_timeout: float = 2.0
 
-    _client: redis_lib.Redis | None = PrivateAttr(default=None)
-
     def build(self) -> redis_lib.Redis:
         return redis_lib.Redis.from_url(
             self.url,
@@ -35,18 +32,11 @@ class RedisResource(dg.ConfigurableResource):
             driver_info=DRIVER_INFO,
         )
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._client = self.shared()
-
-    def shared(self) -> redis_lib.Redis:
-        return _CLIENTS.get((self.url, self.socket_timeout), self.build)
-
     def warm(self) -> None:
         """Open a pooled connection of the shared client now (a standby run worker, before its run)."""
-        self.shared().ping()
+        self.client.ping()
 
     @property
     def client(self) -> redis_lib.Redis:
-        if self._client is None:
-            self._client = self.shared()
-        return self._client
+        """The process's client for this address (kept open: never closed by a run's teardown)."""
+        return _CLIENTS.get((self.url, self.socket_timeout), self.build)

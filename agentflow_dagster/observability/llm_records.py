@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
@@ -12,6 +11,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from agentflow_dagster.db import transaction
 from agentflow_dagster.llm.types import CallAttempt
 from agentflow_dagster.names import BUCKET_ARTIFACTS
 from agentflow_dagster.observability import tracing
@@ -389,8 +389,7 @@ def task_llm_totals(engine: sa.Engine, plan_id: str, task_id: str, run_id: str) 
 
 def workflow_llm_totals(bind: sa.Engine | sa.Connection, plan_id: str) -> dict[str, Any]:
     """The plan's LLM totals over all runs and attempts, with the mean evaluation (result op metadata)."""
-    with contextlib.ExitStack() as stack:
-        conn = bind if isinstance(bind, sa.Connection) else stack.enter_context(bind.connect())
+    with transaction(bind) as conn:
         row = conn.execute(
             sa.text(
                 "SELECT llm_calls, llm_errors, input_tokens, output_tokens, cost_usd, latency_ms, "

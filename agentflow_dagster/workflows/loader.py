@@ -261,14 +261,12 @@ def register_specs(
 
     from agentflow_dagster.db import transaction
 
+    recorded = sa.text("SELECT spec_hash FROM workflow_definitions WHERE name = :n AND version = :v")
     results: list[tuple[str, str, str]] = []
     with transaction(bind) as conn:
         for spec in specs:
             # Recorded already (every run after the first): one read, and no spec serialised.
-            existing = conn.execute(
-                sa.text("SELECT spec_hash FROM workflow_definitions WHERE name = :n AND version = :v"),
-                {"n": spec.name, "v": spec.version},
-            ).scalar_one_or_none()
+            existing = conn.execute(recorded, {"n": spec.name, "v": spec.version}).scalar_one_or_none()
             if existing is not None:
                 _check_recorded_hash(spec, existing)
                 results.append((spec.name, spec.version, "unchanged"))
@@ -292,9 +290,7 @@ def register_specs(
             if inserted:
                 results.append((spec.name, spec.version, "registered"))
                 continue
-            existing = conn.execute(  # another process recorded it meanwhile
-                sa.text("SELECT spec_hash FROM workflow_definitions WHERE name = :n AND version = :v"), params
-            ).scalar_one()
+            existing = conn.execute(recorded, params).scalar_one()  # another process recorded it meanwhile
             _check_recorded_hash(spec, existing)
             results.append((spec.name, spec.version, "unchanged"))
     return results
